@@ -1,0 +1,342 @@
+//! The command line: `setup`, `run`, `send`, `inspect`, `status`, `rush`.
+
+use crate::broker;
+use crate::config::Settings;
+use crate::domain::{CommandId, CustomerId, ResourceId};
+use crate::message::CommandBody;
+use crate::producer::Producer;
+use crate::rush::{self, RushOptions};
+use crate::store::Store;
+use crate::worker::Worker;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// Sells limited capacity safely under a rush: commands from RabbitMQ,
+/// aggregates in Redis, one outcome event per command.
+#[derive(Debug, Parser)]
+#[command(name = "reservation-worker", version, about)]
+pub struct Cli {
+    /// A TOML file layered over the built-in defaults (config/default.toml).
+    #[arg(long, global = true, env = "RW_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Declare the exchanges and queues of the contract (idempotent).
+    Setup,
+    /// Consume commands until SIGTERM / Ctrl-C.
+    Run {
+        /// Name of this replica, shown as the broker connection name.
+        #[arg(long, env = "RW_WORKER_NAME")]
+        name: Option<String>,
+    },
+    /// Publish one command (with a publisher confirm) and print its command_id.
+    Send {
+        /// The command.
+        #[command(subcommand)]
+        command: SendCommand,
+    },
+    /// Print a resource's state as JSON; with --history, its events in order.
+    Inspect {
+        /// The resource id.
+        resource: String,
+        /// Print the event history (JSON lines) after the state.
+        #[arg(long)]
+        history: bool,
+    },
+    /// Fire a ticket rush at running workers and check the result.
+    Rush(RushOptions),
+    /// Measure throughput and latency against the null-worker and
+    /// one-transaction-per-command baselines (see docs/benchmarks.md).
+    Bench(crate::bench::BenchOptions),
+    /// The bench's baseline replica: consume, publish, ack; no Redis.
+    #[command(hide = true)]
+    NullWorker {
+        /// Connection name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show queue depths, consumers and dead letters; with --resource, its state.
+    Status {
+        /// Also show this resource's state (from Redis).
+        #[arg(long)]
+        resource: Option<String>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A command to send.
+#[derive(Debug, Subcommand)]
+pub enum SendCommand {
+    /// Create a resource or change its capacity / limit.
+    Define {
+        /// The resource id.
+        #[arg(long)]
+        resource: String,
+        /// Total seats.
+        #[arg(long)]
+        capacity: u32,
+        /// Most seats one customer may hold.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Idempotency key (default: a new UUID).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Reserve seats for a customer, all or nothing.
+    Reserve {
+        /// The resource id.
+        #[arg(long)]
+        resource: String,
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
+        /// Seats.
+        #[arg(long, default_value_t = 1)]
+        quantity: u32,
+        /// Idempotency key (default: a new UUID); also the reservation id.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Release the seats of an accepted reservation.
+    Cancel {
+        /// The resource id.
+        #[arg(long)]
+        resource: String,
+        /// The reserve command's command_id.
+        #[arg(long)]
+        reservation: String,
+        /// Idempotency key (default: a new UUID).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+    match cli.command {
+        CliCommand::Setup => setup(&settings).await,
+        CliCommand::Run { name } => {
+            let name = name.unwrap_or_else(default_worker_name);
+            let store = Store::named(&settings.redis, &settings.worker, Some(&name))?;
+            let http = settings.http.clone();
+            let worker = Worker::new(settings, store, name);
+            let shutdown = crate::shutdown::on_signal();
+            serve_http(&http, worker.health(), &shutdown).await?;
+            worker.run(shutdown).await
+        }
+        CliCommand::Send { command } => send(&settings, command).await,
+        CliCommand::Inspect { resource, history } => inspect(&settings, &resource, history).await,
+        CliCommand::Bench(options) => crate::bench::run(&settings, &options).await,
+        CliCommand::NullWorker { name } => {
+            let name = name.unwrap_or_else(default_worker_name);
+            let shutdown = crate::shutdown::on_signal();
+            serve_http(&settings.http, crate::health::Health::default(), &shutdown).await?;
+            crate::bench::null_worker(&settings, &name, shutdown).await
+        }
+        CliCommand::Rush(options) => {
+            let report = rush::run(&settings, &options, CancellationToken::new()).await?;
+            anyhow::ensure!(report.is_sound(), "the rush broke an invariant (see above)");
+            Ok(())
+        }
+        CliCommand::Status { resource, json } => {
+            crate::status::run(&settings, resource.as_deref(), json).await
+        }
+    }
+}
+
+/// Starts `/healthz`, `/readyz` and `/metrics` when enabled.
+async fn serve_http(
+    http: &crate::config::HttpSettings,
+    health: crate::health::Health,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    if !http.enabled {
+        return Ok(());
+    }
+    let metrics = crate::metrics::install()?;
+    let addr: std::net::SocketAddr = format!("{}:{}", http.bind, http.port)
+        .parse()
+        .context("http.bind / http.port")?;
+    let (bound, _server) = crate::http::serve(addr, health, metrics, shutdown.clone())
+        .await
+        .with_context(|| {
+            format!("binding the HTTP endpoint to {addr} (set http.port / RW_HTTP__PORT)")
+        })?;
+    tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
+    Ok(())
+}
+
+/// The host name (a pod or container name, unique per replica), else the
+/// process id.
+fn default_worker_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("reservation-worker-{h}"))
+        .unwrap_or_else(|| format!("reservation-worker-{}", std::process::id()))
+}
+
+async fn setup(settings: &Settings) -> anyhow::Result<()> {
+    let a = &settings.amqp;
+    let connection = broker::connect(&a.url, "reservation-setup")
+        .await
+        .with_context(|| format!("connecting to {}", redact(&a.url)))?;
+    let channel = connection.create_channel().await?;
+    broker::declare_topology(&channel, a)
+        .await
+        .map_err(|e| broker::explain(e, a))?;
+    connection.close(200, "done".into()).await?;
+    println!(
+        "declared: exchanges {}, {}, {}; queues {} (quorum, delivery limit {}), {}",
+        a.commands_exchange,
+        a.events_exchange,
+        a.dead_letter_exchange,
+        a.commands_queue,
+        a.delivery_limit,
+        a.dead_letter_queue
+    );
+    if a.partitions > 0 {
+        println!(
+            "partitioned: {} -> {} (consistent hash) -> {} (single active consumer each); {} unbound",
+            a.commands_exchange,
+            a.partition_exchange,
+            broker::partition_queues(a).join(", "),
+            a.commands_queue
+        );
+    }
+    Ok(())
+}
+
+async fn send(settings: &Settings, command: SendCommand) -> anyhow::Result<()> {
+    let new_id = |id: Option<String>| -> anyhow::Result<CommandId> {
+        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        CommandId::try_from(id).context("--id")
+    };
+    let resource = |r: String| ResourceId::try_from(r).context("--resource");
+    let body = match command {
+        SendCommand::Define {
+            resource: r,
+            capacity,
+            limit,
+            id,
+        } => CommandBody::Define {
+            command_id: new_id(id)?,
+            resource_id: resource(r)?,
+            capacity,
+            per_customer_limit: limit,
+        },
+        SendCommand::Reserve {
+            resource: r,
+            customer,
+            quantity,
+            id,
+        } => CommandBody::Reserve {
+            command_id: new_id(id)?,
+            resource_id: resource(r)?,
+            customer_id: CustomerId::try_from(customer).context("--customer")?,
+            quantity,
+        },
+        SendCommand::Cancel {
+            resource: r,
+            reservation,
+            id,
+        } => CommandBody::Cancel {
+            command_id: new_id(id)?,
+            resource_id: resource(r)?,
+            reservation_id: CommandId::try_from(reservation).context("--reservation")?,
+        },
+    };
+    let producer = Producer::connect(&settings.amqp)
+        .await
+        .with_context(|| format!("connecting to {}", redact(&settings.amqp.url)))?;
+    producer
+        .send(&body)
+        .await
+        .context("publishing the command")?;
+    producer.close().await?;
+    println!("{}", body.command_id());
+    Ok(())
+}
+
+async fn inspect(settings: &Settings, resource: &str, history: bool) -> anyhow::Result<()> {
+    let resource = ResourceId::try_from(resource).context("RESOURCE")?;
+    let store = Store::new(&settings.redis, &settings.worker)?;
+    let summary = store
+        .summary(&resource)
+        .await
+        .with_context(|| format!("reading {resource} from {}", redact(&settings.redis.url)))?;
+    match summary {
+        Some(s) => println!("{}", serde_json::to_string_pretty(&s)?),
+        None => anyhow::bail!("resource {resource} is not defined"),
+    }
+    if history {
+        for event in store.history(&resource).await? {
+            println!("{}", serde_json::to_string(&event)?);
+        }
+    }
+    Ok(())
+}
+
+/// A URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords() {
+        assert_eq!(
+            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::parse_from([
+            "rw",
+            "send",
+            "reserve",
+            "--resource",
+            "r",
+            "--customer",
+            "u",
+            "--quantity",
+            "2",
+        ]);
+        assert!(matches!(
+            cli.command,
+            CliCommand::Send {
+                command: SendCommand::Reserve { quantity: 2, .. }
+            }
+        ));
+    }
+}

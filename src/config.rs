@@ -1,0 +1,215 @@
+//! Settings, layered: the compiled-in `config/default.toml`, then an optional
+//! `--config FILE`, then environment variables (`AMQP_URL`, `REDIS_URL`, and
+//! `RW_<SECTION>__<KEY>` for everything else).
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Duration;
+
+/// The defaults, exactly as shipped in `config/default.toml`.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// All settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Settings {
+    /// RabbitMQ.
+    pub amqp: AmqpSettings,
+    /// Redis.
+    pub redis: RedisSettings,
+    /// Processing.
+    pub worker: WorkerSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// Health and metrics endpoint.
+    pub http: HttpSettings,
+}
+
+/// The operations endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HttpSettings {
+    /// Serve `/healthz`, `/readyz` and `/metrics`.
+    pub enabled: bool,
+    /// Address to bind.
+    pub bind: String,
+    /// Port (0 picks a free one, logged at start).
+    pub port: u16,
+}
+
+/// Broker connection and topology names.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AmqpSettings {
+    /// Broker URL (`AMQP_URL`).
+    pub url: String,
+    /// Unacked deliveries per worker.
+    pub prefetch: u16,
+    /// Exchange producers publish commands to.
+    pub commands_exchange: String,
+    /// Quorum queue the workers consume.
+    pub commands_queue: String,
+    /// Deliveries before a message is dead-lettered.
+    pub delivery_limit: u32,
+    /// Dead-letter exchange.
+    pub dead_letter_exchange: String,
+    /// Dead-letter queue.
+    pub dead_letter_queue: String,
+    /// Exchange outcome events are published to.
+    pub events_exchange: String,
+    /// Partitioned mode: P > 0 routes commands by resource to P queues with
+    /// a single active consumer each.
+    pub partitions: u16,
+    /// The consistent-hash exchange of partitioned mode.
+    pub partition_exchange: String,
+    /// Publish events with the mandatory flag.
+    pub mandatory_events: bool,
+    /// Publisher-confirm timeout.
+    pub confirm_timeout_ms: u64,
+}
+
+/// Redis connection and key layout.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RedisSettings {
+    /// Redis URL (`REDIS_URL`).
+    pub url: String,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// Transaction connections.
+    pub pool_size: usize,
+    /// Idempotency record lifetime.
+    pub idempotency_retention_secs: u64,
+}
+
+/// Retry and shutdown behaviour.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WorkerSettings {
+    /// WATCH/MULTI attempts before a command is requeued.
+    pub max_commit_attempts: u32,
+    /// First conflict backoff.
+    pub retry_base_ms: u64,
+    /// Largest conflict backoff.
+    pub retry_max_ms: u64,
+    /// First backoff while a server is unreachable.
+    pub reconnect_base_ms: u64,
+    /// Largest backoff while a server is unreachable.
+    pub reconnect_max_ms: u64,
+    /// Commit all waiting commands of a resource in one transaction.
+    pub group_commit: bool,
+    /// Most commands in one transaction.
+    pub max_batch: usize,
+    /// Publish attempts for one event before its command is requeued.
+    pub publish_attempts: u32,
+    /// Drain time on shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+/// Log filter and format.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LogSettings {
+    /// `tracing` filter directive.
+    pub level: String,
+    /// `auto`, `json` or `pretty`.
+    pub format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// JSON unless stdout is a terminal.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+impl Settings {
+    /// Loads the layered settings.
+    pub fn load(file: Option<&Path>) -> Result<Settings, Box<figment::Error>> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(Box::new(figment::Error::from(format!(
+                    "config file {} does not exist",
+                    file.display()
+                ))));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment
+            .merge(Env::prefixed("RW_").split("__"))
+            .merge(Env::raw().only(&["AMQP_URL"]).map(|_| "amqp.url".into()))
+            .merge(Env::raw().only(&["REDIS_URL"]).map(|_| "redis.url".into()))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The shipped defaults, ignoring the environment.
+    pub fn defaults() -> Settings {
+        Figment::from(Toml::string(DEFAULTS))
+            .extract()
+            .expect("config/default.toml is valid")
+    }
+}
+
+impl AmqpSettings {
+    /// [`Self::confirm_timeout_ms`] as a duration.
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.confirm_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = Settings::defaults();
+        assert_eq!(s.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.redis.url, "redis://127.0.0.1:6379/0");
+        assert_eq!(s.amqp.commands_queue, "reservations.commands");
+        assert_eq!(s.amqp.dead_letter_queue, "reservations.commands.dead");
+        assert_eq!(s.redis.idempotency_retention_secs, 7 * 24 * 3600);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error
+    fn file_then_environment_override_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file("extra.toml", "[amqp]\nprefetch = 7\ndelivery_limit = 5\n")?;
+            jail.set_env("AMQP_URL", "amqp://other/%2f");
+            jail.set_env("REDIS_URL", "redis://127.0.0.1:6379/3");
+            jail.set_env("RW_AMQP__DELIVERY_LIMIT", "9");
+            let s = Settings::load(Some(Path::new("extra.toml"))).map_err(|e| *e)?;
+            assert_eq!(s.amqp.prefetch, 7);
+            assert_eq!(s.amqp.delivery_limit, 9);
+            assert_eq!(s.amqp.url, "amqp://other/%2f");
+            assert_eq!(s.redis.url, "redis://127.0.0.1:6379/3");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_readme_documents_every_key() {
+        let readme = include_str!("../README.md");
+        let defaults: toml::Table = toml::from_str(DEFAULTS).unwrap();
+        for (section, keys) in &defaults {
+            for key in keys.as_table().unwrap().keys() {
+                let env = format!("RW_{}__{}", section.to_uppercase(), key.to_uppercase());
+                assert!(
+                    readme.contains(&format!("`{section}.{key}`")),
+                    "README.md's configuration reference lacks {section}.{key} ({env})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let err = Settings::load(Some(Path::new("/nonexistent/rw.toml"))).unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+}

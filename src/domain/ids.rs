@@ -1,0 +1,141 @@
+//! Identifier newtypes: a value of one of these is a valid id by construction.
+
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::fmt;
+
+/// Longest id the contract allows, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+
+/// Why a string is not a valid id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// Zero characters.
+    #[error("must not be empty")]
+    Empty,
+    /// More than [`MAX_ID_CHARS`] characters.
+    #[error("is {0} characters long; at most 128 are allowed")]
+    TooLong(usize),
+    /// A control character (newline, NUL, ...).
+    #[error("contains a non-printable character")]
+    NotPrintable,
+}
+
+fn validate(s: &str) -> Result<(), IdError> {
+    let chars = s.chars().count();
+    if chars == 0 {
+        Err(IdError::Empty)
+    } else if chars > MAX_ID_CHARS {
+        Err(IdError::TooLong(chars))
+    } else if s.chars().any(char::is_control) {
+        Err(IdError::NotPrintable)
+    } else {
+        Ok(())
+    }
+}
+
+/// The JSON Schema of every id: what [`validate`] accepts. JSON Schema
+/// counts `maxLength` in code points, as `validate` does; the pattern
+/// excludes the control characters (`char::is_control`, Unicode `Cc`).
+fn id_schema() -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_ID_CHARS,
+        "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+    })
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// The id as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                validate(&s)?;
+                Ok(Self(s))
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = IdError;
+            fn try_from(s: &str) -> Result<Self, IdError> {
+                Self::try_from(s.to_owned())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                id_schema()
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A command's idempotency key; also names the reservation a reserve makes.
+    CommandId
+);
+id_type!(
+    /// A resource (an aggregate: a concert, a screening, a restaurant service).
+    ResourceId
+);
+id_type!(
+    /// A customer, for the per-customer limit.
+    CustomerId
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_printable_ids_up_to_128_chars() {
+        assert!(CommandId::try_from("c-1").is_ok());
+        assert!(CommandId::try_from("é".repeat(128)).is_ok());
+        assert!(ResourceId::try_from("concert 42 / row A").is_ok());
+    }
+
+    #[test]
+    fn rejects_empty_long_and_control_ids() {
+        assert_eq!(CommandId::try_from(""), Err(IdError::Empty));
+        assert_eq!(
+            CommandId::try_from("x".repeat(129)),
+            Err(IdError::TooLong(129))
+        );
+        assert_eq!(CustomerId::try_from("a\nb"), Err(IdError::NotPrintable));
+    }
+
+    #[test]
+    fn deserialising_validates() {
+        assert!(serde_json::from_str::<ResourceId>("\"\"").is_err());
+        assert!(serde_json::from_str::<ResourceId>("\"r\"").is_ok());
+    }
+}

@@ -1,0 +1,22 @@
+use clap::Parser;
+use reservation_worker::{cli, config::Settings, telemetry};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    let settings = match Settings::load(args.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log);
+    match cli::run(args, settings).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Metric names and the Prometheus recorder.
+//!
+//! Every metric the worker emits is named here, so the README's alerting
+//! table and the code cannot drift apart.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Commands settled, by `command` and `outcome` (accepted / rejected).
+pub const COMMANDS: &str = "reservation_commands_total";
+/// Rejections by `reason`.
+pub const REJECTIONS: &str = "reservation_rejections_total";
+/// Deliveries whose command was already decided (re-published outcome).
+pub const DUPLICATES: &str = "reservation_duplicates_total";
+/// Transactions committed.
+pub const COMMITS: &str = "reservation_commits_total";
+/// Transactions aborted because a watched key changed (then retried).
+pub const WATCH_CONFLICTS: &str = "reservation_watch_conflicts_total";
+/// Batches requeued after exhausting their WATCH retries.
+pub const CONTENTION_GIVE_UPS: &str = "reservation_contention_give_ups_total";
+/// Commands per transaction.
+pub const BATCH_SIZE: &str = "reservation_batch_size";
+/// Time to commit one batch, retries included.
+pub const COMMIT_SECONDS: &str = "reservation_commit_seconds";
+/// Time to publish one outcome event and get its confirm.
+pub const PUBLISH_SECONDS: &str = "reservation_publish_seconds";
+/// Time from receiving a delivery to acking (or returning) it.
+pub const PROCESS_SECONDS: &str = "reservation_process_seconds";
+/// Deliveries held by this worker right now.
+pub const IN_FLIGHT: &str = "reservation_in_flight";
+/// `basic.ack` frames sent (one multiple ack can settle many commands).
+pub const ACK_FRAMES: &str = "reservation_ack_frames_total";
+/// Broker sessions lost and re-established.
+pub const RECONNECTS: &str = "reservation_reconnects_total";
+/// Redis requests that failed for lack of a connection.
+pub const REDIS_ERRORS: &str = "reservation_redis_errors_total";
+/// Event publishes nacked, returned or unconfirmed.
+pub const PUBLISH_FAILURES: &str = "reservation_publish_failures_total";
+/// Deliveries returned to the queue for another try.
+pub const REQUEUED: &str = "reservation_requeued_total";
+/// Messages this worker moved to the dead-letter queue, by `cause`.
+pub const DEAD_LETTERED: &str = "reservation_dead_lettered_total";
+/// 1 when ready (broker, Redis, consuming), else 0.
+pub const READY: &str = "reservation_ready";
+
+/// Installs the global recorder and returns the handle that renders it.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let seconds = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)?
+        .set_buckets_for_metric(
+            Matcher::Full(BATCH_SIZE.into()),
+            &[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ],
+        )?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(COMMANDS, "Commands settled, by command and outcome");
+    describe_counter!(REJECTIONS, "Rejected commands by reason");
+    describe_counter!(
+        DUPLICATES,
+        "Duplicate deliveries answered from the idempotency record"
+    );
+    describe_counter!(COMMITS, "Redis transactions committed");
+    describe_counter!(
+        WATCH_CONFLICTS,
+        "Redis transactions aborted by a concurrent writer and retried"
+    );
+    describe_counter!(
+        CONTENTION_GIVE_UPS,
+        "Batches requeued after too many WATCH conflicts"
+    );
+    describe_histogram!(BATCH_SIZE, "Commands per Redis transaction");
+    describe_histogram!(
+        COMMIT_SECONDS,
+        Unit::Seconds,
+        "Time to commit one batch, retries included"
+    );
+    describe_histogram!(
+        PUBLISH_SECONDS,
+        Unit::Seconds,
+        "Time to publish one outcome event and get its confirm"
+    );
+    describe_histogram!(
+        PROCESS_SECONDS,
+        Unit::Seconds,
+        "Time from receiving a delivery to acking or returning it"
+    );
+    describe_counter!(
+        ACK_FRAMES,
+        "basic.ack frames sent; one multiple ack settles many commands"
+    );
+    describe_gauge!(IN_FLIGHT, "Deliveries held by this worker");
+    describe_counter!(RECONNECTS, "Broker sessions lost and re-established");
+    describe_counter!(
+        REDIS_ERRORS,
+        "Redis requests that failed for lack of a connection"
+    );
+    describe_counter!(
+        PUBLISH_FAILURES,
+        "Event publishes nacked, returned or unconfirmed"
+    );
+    describe_counter!(REQUEUED, "Deliveries returned to the queue for another try");
+    describe_counter!(
+        DEAD_LETTERED,
+        "Messages moved to the dead-letter queue, by cause"
+    );
+    describe_gauge!(
+        READY,
+        "1 when broker and Redis are reachable and the worker consumes"
+    );
+}

@@ -1,0 +1,441 @@
+//! A ticket rush against running workers: define one resource, publish many
+//! reserve commands (with duplicates), collect every outcome event and check
+//! the contract's invariants against the events and Redis.
+
+use crate::broker::{self, Message, Publisher};
+use crate::config::Settings;
+use crate::domain::{CommandId, CustomerId, Reason, ResourceId, Verdict};
+use crate::message::{CommandBody, EventEnvelope};
+use crate::store::{Store, Summary};
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// What to fire.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RushOptions {
+    /// The resource to sell (default: a new `rush-<time>` id).
+    #[arg(long)]
+    pub resource: Option<String>,
+    /// Reserve commands to publish, duplicates included.
+    #[arg(long, default_value_t = 20_000)]
+    pub commands: usize,
+    /// Seats on sale.
+    #[arg(long, default_value_t = 1_000)]
+    pub capacity: u32,
+    /// Most seats per customer (0 for no limit).
+    #[arg(long, default_value_t = 4)]
+    pub limit: u32,
+    /// Distinct customers.
+    #[arg(long, default_value_t = 5_000)]
+    pub customers: usize,
+    /// Seats per reserve, from 1 to this.
+    #[arg(long, default_value_t = 2)]
+    pub max_quantity: u32,
+    /// Share of publishes that repeat an earlier command (0.0 to 0.9).
+    #[arg(long, default_value_t = 0.1)]
+    pub duplicates: f64,
+    /// Seed for the generated traffic.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Give up waiting for outcomes after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_secs: u64,
+    /// Publishes awaiting their confirm at once.
+    #[arg(long, default_value_t = 256)]
+    pub in_flight: usize,
+}
+
+/// What the rush saw.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The resource sold.
+    pub resource: String,
+    /// Messages published (duplicates included).
+    pub published: usize,
+    /// Distinct commands among them.
+    pub distinct: usize,
+    /// Outcome events received.
+    pub events: usize,
+    /// Distinct commands with at least one outcome.
+    pub answered: usize,
+    /// Commands accepted, and the seats they took.
+    pub accepted: usize,
+    /// Seats taken by accepted commands.
+    pub seats_accepted: u64,
+    /// Rejections by reason.
+    pub rejected: BTreeMap<String, usize>,
+    /// Commands whose repeated events differed.
+    pub inconsistent_duplicates: usize,
+    /// Seconds from the first publish to the last outcome.
+    pub seconds: f64,
+    /// The resource in Redis afterwards.
+    pub summary: Option<Summary>,
+    /// Most seats any one customer holds.
+    pub max_held: u32,
+    /// The per-customer limit in force.
+    pub limit: Option<u32>,
+}
+
+impl Report {
+    /// Every invariant of the contract held.
+    pub fn is_sound(&self) -> bool {
+        self.problems().is_empty()
+    }
+
+    /// Each broken invariant, in words.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.answered < self.distinct {
+            p.push(format!(
+                "{} commands got no outcome event",
+                self.distinct - self.answered
+            ));
+        }
+        if self.inconsistent_duplicates > 0 {
+            p.push(format!(
+                "{} commands got differing events",
+                self.inconsistent_duplicates
+            ));
+        }
+        match &self.summary {
+            None => p.push("the resource is missing from Redis".into()),
+            Some(s) => {
+                if s.reserved > s.capacity {
+                    p.push(format!(
+                        "OVERSOLD: {} reserved of {}",
+                        s.reserved, s.capacity
+                    ));
+                }
+                if u64::from(s.reserved) != self.seats_accepted {
+                    p.push(format!(
+                        "Redis says {} reserved but accepted events add up to {}",
+                        s.reserved, self.seats_accepted
+                    ));
+                }
+            }
+        }
+        if let Some(limit) = self.limit
+            && self.max_held > limit
+        {
+            p.push(format!(
+                "a customer holds {} seats, over the limit of {limit}",
+                self.max_held
+            ));
+        }
+        p
+    }
+
+    fn print(&self) {
+        let rate = self.events as f64 / self.seconds.max(1e-9);
+        println!();
+        println!("ticket rush on {}", self.resource);
+        println!(
+            "  published       {:>8}  ({} distinct commands, {} duplicates)",
+            self.published,
+            self.distinct,
+            self.published - self.distinct
+        );
+        println!(
+            "  outcome events  {:>8}  in {:.2} s = {:.0} commands/s",
+            self.events, self.seconds, rate
+        );
+        println!(
+            "  accepted        {:>8}  ({} seats)",
+            self.accepted, self.seats_accepted
+        );
+        for (reason, n) in &self.rejected {
+            println!("  rejected        {n:>8}  {reason}");
+        }
+        if let Some(s) = &self.summary {
+            println!(
+                "  redis           capacity {} reserved {} remaining {} version {}",
+                s.capacity, s.reserved, s.remaining, s.version
+            );
+        }
+        println!(
+            "  busiest customer holds {} seats (limit {})",
+            self.max_held,
+            self.limit.map_or("none".into(), |l| l.to_string())
+        );
+        match self.problems().as_slice() {
+            [] => println!(
+                "  OK: nothing oversold, every command answered once, duplicates identical"
+            ),
+            problems => problems.iter().for_each(|p| println!("  FAILED: {p}")),
+        }
+    }
+}
+
+/// Fires the rush, waits for every outcome, prints and returns the report.
+pub async fn run(
+    settings: &Settings,
+    o: &RushOptions,
+    cancel: CancellationToken,
+) -> anyhow::Result<Report> {
+    let a = &settings.amqp;
+    let resource = o
+        .resource
+        .clone()
+        .unwrap_or_else(|| format!("rush-{}", time::OffsetDateTime::now_utc().unix_timestamp()));
+    let resource_id = ResourceId::try_from(resource.clone()).context("--resource")?;
+    let connection = broker::connect(&a.url, "reservation-rush")
+        .await
+        .with_context(|| format!("connecting to {}", crate::cli::redact(&a.url)))?;
+    let channel = connection.create_channel().await?;
+    broker::declare_topology(&channel, a).await?;
+
+    // Listen before publishing so no outcome is missed.
+    let mut events = broker::subscribe_to_events(&channel, a, "rush").await?;
+    let publisher = Publisher::open(&connection, a.confirm_timeout()).await?;
+
+    let define_id = CommandId::try_from(format!("{resource}-define"))?;
+    let limit = (o.limit > 0).then_some(o.limit);
+    let define = CommandBody::Define {
+        command_id: define_id.clone(),
+        resource_id: resource_id.clone(),
+        capacity: o.capacity,
+        per_customer_limit: limit,
+    };
+    publish(&publisher, a.commands_exchange.as_str(), &define).await?;
+    let deadline = Instant::now() + Duration::from_secs(o.timeout_secs);
+    loop {
+        let event = next_event(&mut events, deadline, &cancel)
+            .await?
+            .context("no outcome for the define command")?;
+        if event.event.command_id == define_id {
+            anyhow::ensure!(
+                event.event.is_accepted(),
+                "define was rejected: {:?}",
+                event.event.verdict
+            );
+            break;
+        }
+    }
+
+    let bodies = generate(&resource_id, o);
+    let distinct = bodies
+        .iter()
+        .map(|b| b.command_id())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let progress = Progress::new(bodies.len() as u64);
+    let started = Instant::now();
+    let exchange = a.commands_exchange.clone();
+    let pub_task = {
+        let publisher = publisher.clone();
+        let bodies = bodies.clone();
+        let in_flight = o.in_flight.max(1);
+        tokio::spawn(async move {
+            let mut results = futures_util::stream::iter(bodies)
+                .map(|b| {
+                    let (publisher, exchange) = (publisher.clone(), exchange.clone());
+                    async move { publish(&publisher, &exchange, &b).await }
+                })
+                .buffer_unordered(in_flight);
+            while let Some(r) = results.next().await {
+                r?;
+            }
+            anyhow::Ok(())
+        })
+    };
+
+    let mut report = Report {
+        resource: resource.clone(),
+        published: bodies.len(),
+        distinct,
+        limit,
+        ..Report::default()
+    };
+    let mut seen: HashMap<CommandId, Vec<u8>> = HashMap::with_capacity(distinct);
+    while report.events < bodies.len() {
+        let Some(envelope) = next_event(&mut events, deadline, &cancel).await? else {
+            break;
+        };
+        if envelope.event.resource_id != resource_id || envelope.event.command_id == define_id {
+            continue;
+        }
+        report.events += 1;
+        progress.set(report.events as u64, started);
+        let canonical = serde_json::to_vec(&envelope)?;
+        match seen.get(&envelope.event.command_id) {
+            Some(first) => {
+                if *first != canonical {
+                    report.inconsistent_duplicates += 1;
+                }
+            }
+            None => {
+                match &envelope.event.verdict {
+                    Verdict::Accepted => {
+                        report.accepted += 1;
+                        report.seats_accepted +=
+                            u64::from(envelope.event.details.quantity.unwrap_or(0));
+                    }
+                    Verdict::Rejected { reason, .. } => {
+                        *report.rejected.entry(reason_name(*reason)).or_default() += 1;
+                    }
+                }
+                seen.insert(envelope.event.command_id.clone(), canonical);
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    progress.finish();
+    report.answered = seen.len();
+    pub_task
+        .await
+        .context("publisher task")?
+        .context("publishing commands")?;
+
+    let store = Store::new(&settings.redis, &settings.worker)?;
+    report.summary = store.summary(&resource_id).await?;
+    report.max_held = store
+        .holdings(&resource_id)
+        .await?
+        .into_values()
+        .max()
+        .unwrap_or(0);
+    let _ = connection.close(200, "rush done".into()).await;
+    report.print();
+    Ok(report)
+}
+
+async fn publish(publisher: &Publisher, exchange: &str, body: &CommandBody) -> anyhow::Result<()> {
+    let json = body.to_json();
+    publisher
+        .publish(Message {
+            exchange,
+            routing_key: body.resource_id().as_str(),
+            body: &json,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("publishing {}", body.command_id()))
+}
+
+async fn next_event(
+    events: &mut lapin::Consumer,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<EventEnvelope>> {
+    tokio::select! {
+        next = tokio::time::timeout_at(deadline.into(), events.next()) => match next {
+            Err(_) => Ok(None),
+            Ok(None) => anyhow::bail!("the events consumer ended"),
+            Ok(Some(delivery)) => {
+                let delivery = delivery?;
+                Ok(Some(serde_json::from_slice(&delivery.data).context("an event that is not contract JSON")?))
+            }
+        },
+        _ = cancel.cancelled() => Ok(None),
+    }
+}
+
+/// The reserve commands: `distinct` fresh ones, then duplicates of earlier
+/// ones mixed in at random positions. Deterministic for a seed.
+pub fn generate(resource: &ResourceId, o: &RushOptions) -> Vec<CommandBody> {
+    let mut rng = StdRng::seed_from_u64(o.seed);
+    let duplicates = ((o.commands as f64) * o.duplicates.clamp(0.0, 0.9)).round() as usize;
+    let distinct = o.commands - duplicates;
+    let mut bodies: Vec<CommandBody> = (0..distinct)
+        .map(|i| CommandBody::Reserve {
+            command_id: CommandId::try_from(format!("{resource}-r{i}")).expect("short id"),
+            resource_id: resource.clone(),
+            customer_id: CustomerId::try_from(format!(
+                "u-{}",
+                rng.random_range(0..o.customers.max(1))
+            ))
+            .expect("short id"),
+            quantity: rng.random_range(1..=o.max_quantity.max(1)),
+        })
+        .collect();
+    for _ in 0..duplicates {
+        let original = bodies[rng.random_range(0..distinct.max(1))].clone();
+        let at = rng.random_range(0..=bodies.len());
+        bodies.insert(at, original);
+    }
+    bodies
+}
+
+fn reason_name(reason: Reason) -> String {
+    serde_json::to_value(reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// A progress bar on a terminal, a line every two seconds elsewhere.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    last_line: std::cell::Cell<Instant>,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} outcomes  {per_sec}  eta {eta}")
+                    .expect("valid template"),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            total,
+            last_line: std::cell::Cell::new(Instant::now()),
+        }
+    }
+
+    fn set(&self, done: u64, started: Instant) {
+        match &self.bar {
+            Some(bar) => bar.set_position(done),
+            None if self.last_line.get().elapsed() >= Duration::from_secs(2) => {
+                self.last_line.set(Instant::now());
+                let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                eprintln!(
+                    "progress: {done}/{} outcomes, {rate:.0} commands/s",
+                    self.total
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        o: RushOptions,
+    }
+
+    #[test]
+    fn generated_traffic_is_deterministic_with_the_asked_duplicates() {
+        let o = Wrapper::parse_from(["x", "--commands", "1000", "--duplicates", "0.2"]).o;
+        let r = ResourceId::try_from("r").unwrap();
+        let a = generate(&r, &o);
+        assert_eq!(a, generate(&r, &o));
+        assert_eq!(a.len(), 1000);
+        let distinct: std::collections::HashSet<_> =
+            a.iter().map(|b| b.command_id().clone()).collect();
+        assert_eq!(distinct.len(), 800);
+    }
+}
