@@ -1,0 +1,255 @@
+//! The basic rules end to end, and idempotency.
+
+use crate::helpers::*;
+use reservation_worker::domain::{Reason, Verdict};
+
+fn reason(e: &reservation_worker::message::EventEnvelope) -> Option<Reason> {
+    match &e.event.verdict {
+        Verdict::Rejected { reason, .. } => Some(*reason),
+        Verdict::Accepted => None,
+    }
+}
+
+#[tokio::test]
+async fn define_reserve_cancel_end_to_end() {
+    let mut app = TestApp::new().await;
+    app.start_worker();
+
+    app.send(&define("d1", "show", 3, Some(2))).await;
+    let e = app.outcome("d1").await;
+    assert!(e.event.is_accepted());
+    assert_eq!((e.event.remaining, e.event.version), (3, 1));
+
+    app.send(&reserve("r1", "show", "alice", 2)).await;
+    let e = app.outcome("r1").await;
+    assert!(e.event.is_accepted());
+    assert_eq!((e.event.remaining, e.event.version), (1, 2));
+
+    app.send(&reserve("r2", "show", "bob", 2)).await;
+    let e = app.outcome("r2").await;
+    assert_eq!(reason(&e), Some(Reason::SoldOut));
+    assert_eq!(
+        (e.event.remaining, e.event.version),
+        (1, 2),
+        "a rejection keeps the version"
+    );
+
+    app.send(&reserve("r3", "show", "alice", 1)).await;
+    assert_eq!(
+        reason(&app.outcome("r3").await),
+        Some(Reason::CustomerLimit)
+    );
+
+    app.send(&reserve("r4", "nowhere", "alice", 1)).await;
+    assert_eq!(
+        reason(&app.outcome("r4").await),
+        Some(Reason::UnknownResource)
+    );
+
+    let summary = app.store.summary(&rid("show")).await.unwrap().unwrap();
+    assert_eq!(
+        (summary.capacity, summary.reserved, summary.version),
+        (3, 2, 2)
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn cancel_releases_seats_that_a_later_reserve_takes() {
+    let mut app = TestApp::new().await;
+    app.start_worker();
+    app.send(&define("d1", "table-7", 1, None)).await;
+    app.outcome("d1").await;
+    app.send(&reserve("r1", "table-7", "alice", 1)).await;
+    assert!(app.outcome("r1").await.event.is_accepted());
+    app.send(&reserve("r2", "table-7", "bob", 1)).await;
+    assert_eq!(reason(&app.outcome("r2").await), Some(Reason::SoldOut));
+
+    app.send(&cancel("c1", "table-7", "r1")).await;
+    let e = app.outcome("c1").await;
+    assert!(e.event.is_accepted());
+    assert_eq!(e.event.details.quantity, Some(1));
+    assert_eq!(e.event.remaining, 1);
+
+    app.send(&reserve("r3", "table-7", "bob", 1)).await;
+    assert!(app.outcome("r3").await.event.is_accepted());
+
+    app.send(&cancel("c2", "table-7", "r1")).await;
+    assert_eq!(
+        reason(&app.outcome("c2").await),
+        Some(Reason::AlreadyCancelled)
+    );
+    app.send(&cancel("c3", "table-7", "r2")).await;
+    assert_eq!(
+        reason(&app.outcome("c3").await),
+        Some(Reason::UnknownReservation)
+    );
+
+    let s = app.store.summary(&rid("table-7")).await.unwrap().unwrap();
+    assert_eq!((s.reserved, s.remaining), (1, 0));
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn define_below_reserved_is_rejected() {
+    let mut app = TestApp::new().await;
+    app.start_worker();
+    app.send(&define("d1", "hall", 10, None)).await;
+    app.outcome("d1").await;
+    app.send(&reserve("r1", "hall", "alice", 6)).await;
+    app.outcome("r1").await;
+    app.send(&define("d2", "hall", 5, None)).await;
+    assert_eq!(
+        reason(&app.outcome("d2").await),
+        Some(Reason::CapacityBelowReserved)
+    );
+    app.send(&define("d3", "hall", 6, Some(1))).await;
+    assert!(app.outcome("d3").await.event.is_accepted());
+    let s = app.store.summary(&rid("hall")).await.unwrap().unwrap();
+    assert_eq!(
+        (s.capacity, s.reserved, s.per_customer_limit),
+        (6, 6, Some(1))
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_command_published_twice_changes_state_once_and_repeats_its_event() {
+    let mut app = TestApp::new().await;
+    app.start_worker();
+    app.send(&define("d1", "gig", 10, None)).await;
+    app.outcome("d1").await;
+
+    let body = reserve("r1", "gig", "alice", 3);
+    app.send(&body).await;
+    app.outcome("r1").await;
+    app.send(&body).await;
+    let events = eventually("two events for r1", || async {
+        let e = app.events_for("r1");
+        (e.len() == 2).then_some(e)
+    })
+    .await;
+    assert_eq!(events[0], events[1], "same event_id, same body");
+    let raw: Vec<_> = app
+        .raw_events()
+        .into_iter()
+        .filter(|b| String::from_utf8_lossy(b).contains("\"r1\""))
+        .collect();
+    assert_eq!(raw[0], raw[1], "byte-identical bodies");
+
+    let s = app.store.summary(&rid("gig")).await.unwrap().unwrap();
+    assert_eq!((s.reserved, s.version), (3, 2), "booked once");
+    let history = app.store.history(&rid("gig")).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .filter(|e| e.event.command_id.as_str() == "r1")
+            .count(),
+        1
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn same_command_id_with_another_body_is_an_idempotency_conflict() {
+    let mut app = TestApp::new().await;
+    app.start_worker();
+    app.send(&define("d1", "gig", 10, None)).await;
+    app.outcome("d1").await;
+    app.send(&reserve("r1", "gig", "alice", 3)).await;
+    let first = app.outcome("r1").await;
+    assert!(first.event.is_accepted());
+
+    app.send(&reserve("r1", "gig", "alice", 4)).await;
+    let events = eventually("two events for r1", || async {
+        let e = app.events_for("r1");
+        (e.len() == 2).then_some(e)
+    })
+    .await;
+    assert_eq!(reason(&events[1]), Some(Reason::IdempotencyConflict));
+    assert_ne!(events[1].event_id, first.event_id);
+
+    let s = app.store.summary(&rid("gig")).await.unwrap().unwrap();
+    assert_eq!((s.reserved, s.version), (3, 2), "state unchanged");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn history_rebuilds_the_state() {
+    use reservation_worker::domain::{State, apply};
+    let mut app = TestApp::new().await;
+    app.start_worker();
+    let bodies = [
+        define("d1", "club", 5, Some(3)),
+        reserve("r1", "club", "a", 2),
+        reserve("r2", "club", "b", 3),
+        reserve("r3", "club", "c", 1),
+        cancel("c1", "club", "r1"),
+        reserve("r4", "club", "c", 2),
+    ];
+    for b in &bodies {
+        app.send(b).await;
+        app.outcome(b.command_id().as_str()).await;
+    }
+    let history = app.store.history(&rid("club")).await.unwrap();
+    assert_eq!(
+        history.len(),
+        bodies.len(),
+        "every outcome is in the history"
+    );
+    let rebuilt = history
+        .iter()
+        .fold(State::default(), |s, e| apply(s, &e.event));
+    let r = rebuilt.resource.unwrap();
+    let s = app.store.summary(&rid("club")).await.unwrap().unwrap();
+    assert_eq!(
+        (r.capacity, r.reserved, r.version),
+        (s.capacity, s.reserved, s.version)
+    );
+    assert_eq!((s.reserved, s.version), (5, 5));
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn events_carry_the_contract_properties() {
+    let mut app = TestApp::new().await;
+    app.start_worker();
+    app.send(&define("d1", "gig", 10, None)).await;
+    let e = app.outcome("d1").await;
+    let json: serde_json::Value = serde_json::from_slice(
+        app.raw_events()
+            .iter()
+            .find(|b| String::from_utf8_lossy(b).contains("\"d1\""))
+            .unwrap(),
+    )
+    .unwrap();
+    for field in [
+        "event_id",
+        "command_id",
+        "command",
+        "outcome",
+        "resource_id",
+        "remaining",
+        "version",
+        "occurred_at",
+    ] {
+        assert!(json.get(field).is_some(), "event has {field}: {json}");
+    }
+    assert_eq!(json["command"], "define");
+    assert_eq!(json["capacity"], 10);
+    assert_eq!(e.event_id.to_string(), json["event_id"]);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn setup_is_idempotent() {
+    let app = TestApp::new().await;
+    let channel = app.connection.create_channel().await.unwrap();
+    reservation_worker::broker::declare_topology(&channel, &app.settings.amqp)
+        .await
+        .unwrap();
+    reservation_worker::broker::declare_topology(&channel, &app.settings.amqp)
+        .await
+        .unwrap();
+    app.cleanup().await;
+}

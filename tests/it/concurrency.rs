@@ -1,0 +1,93 @@
+//! Replicas racing on one hot resource.
+
+use crate::helpers::*;
+use futures_util::StreamExt;
+use reservation_worker::domain::{Reason, Verdict};
+use reservation_worker::message::CommandBody;
+use std::collections::HashMap;
+
+async fn send_all(app: &TestApp, bodies: &[CommandBody]) {
+    futures_util::stream::iter(bodies)
+        .for_each_concurrent(64, |b| app.send(b))
+        .await;
+}
+
+fn count_reasons(app: &TestApp, resource: &str) -> (usize, HashMap<Reason, usize>) {
+    let mut accepted = 0;
+    let mut rejected = HashMap::new();
+    for e in app
+        .events()
+        .into_iter()
+        .filter(|e| e.event.resource_id.as_str() == resource)
+    {
+        match e.event.verdict {
+            Verdict::Accepted => accepted += 1,
+            Verdict::Rejected { reason, .. } => *rejected.entry(reason).or_default() += 1,
+        }
+    }
+    (accepted, rejected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_workers_never_oversell_a_hot_resource() {
+    let mut app = TestApp::new().await;
+    app.send(&define("d", "hot", 100, None)).await;
+    for _ in 0..4 {
+        app.start_worker();
+    }
+    app.outcome("d").await;
+    let bodies: Vec<_> = (0..1000)
+        .map(|i| reserve(&format!("r{i}"), "hot", &format!("u{i}"), 1))
+        .collect();
+    send_all(&app, &bodies).await;
+    app.wait_for_events(1001).await;
+
+    let (accepted, rejected) = count_reasons(&app, "hot");
+    assert_eq!(accepted, 100 + 1, "100 reserves and the define");
+    assert_eq!(rejected.get(&Reason::SoldOut), Some(&900));
+    assert_eq!(rejected.len(), 1, "only sold_out: {rejected:?}");
+    for b in &bodies {
+        assert_eq!(
+            app.events_for(b.command_id().as_str()).len(),
+            1,
+            "one outcome for {}",
+            b.command_id()
+        );
+    }
+    let s = app.store.summary(&rid("hot")).await.unwrap().unwrap();
+    assert_eq!((s.reserved, s.remaining, s.version), (100, 0, 101));
+    let history = app.store.history(&rid("hot")).await.unwrap();
+    let accepted_reserves = history
+        .iter()
+        .filter(|e| e.event.is_accepted() && e.event.details.quantity.is_some())
+        .count();
+    assert_eq!(accepted_reserves, 100);
+    assert_eq!(history.len(), 1001);
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_per_customer_limit_holds_under_the_same_race() {
+    let mut app = TestApp::new().await;
+    app.send(&define("d", "limited", 1000, Some(3))).await;
+    for _ in 0..4 {
+        app.start_worker();
+    }
+    app.outcome("d").await;
+    // 50 customers each try 10 single seats.
+    let bodies: Vec<_> = (0..500)
+        .map(|i| reserve(&format!("r{i}"), "limited", &format!("u{}", i % 50), 1))
+        .collect();
+    send_all(&app, &bodies).await;
+    app.wait_for_events(501).await;
+
+    let (accepted, rejected) = count_reasons(&app, "limited");
+    assert_eq!(accepted, 150 + 1);
+    assert_eq!(rejected.get(&Reason::CustomerLimit), Some(&350));
+    let holdings = app.store.holdings(&rid("limited")).await.unwrap();
+    assert_eq!(holdings.len(), 50);
+    assert!(holdings.values().all(|&h| h == 3), "{holdings:?}");
+    let s = app.store.summary(&rid("limited")).await.unwrap().unwrap();
+    assert_eq!(s.reserved, 150);
+    app.cleanup().await;
+}

@@ -1,0 +1,13 @@
+//! Integration tests against the real RabbitMQ and Redis on 127.0.0.1.
+//! One binary; each test isolates itself (see `helpers`).
+
+mod bad_input;
+mod commands;
+mod concurrency;
+mod crash;
+mod faults;
+mod helpers;
+mod http;
+mod partitions;
+mod process;
+mod proxy;

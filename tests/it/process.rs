@@ -1,0 +1,161 @@
+//! `WorkerProcess`: the real `reservation-worker run` binary as a child
+//! process, configured through the environment from a test's settings, that
+//! a test can SIGKILL, SIGSTOP / SIGCONT and SIGTERM. Dropping one kills it,
+//! so no worker outlives a failed test.
+
+use crate::helpers::DEADLINE;
+use reservation_worker::config::Settings;
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+/// One worker replica in its own process.
+pub struct WorkerProcess {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl WorkerProcess {
+    /// Starts `reservation-worker run --name NAME` with `settings`. Its
+    /// stdout and stderr are appended to `<CARGO_TARGET_TMPDIR>/faults/NAME.log`.
+    pub fn spawn(settings: &Settings, name: &str) -> WorkerProcess {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("faults");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let out: File = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let err = out.try_clone().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_reservation-worker"));
+        command
+            .args(["run", "--name", name])
+            // Only what the test decides: no stray RW_* from the caller.
+            .env_clear()
+            .envs(settings_env(settings))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for passthrough in ["PATH", "RUST_LOG", "RUST_BACKTRACE"] {
+            if let Ok(v) = std::env::var(passthrough) {
+                command.env(passthrough, v);
+            }
+        }
+        let child = command.spawn().expect("spawn the worker binary");
+        WorkerProcess {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where its output goes.
+    pub fn log(&self) -> &PathBuf {
+        &self.log
+    }
+
+    /// SIGKILL, then reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGSTOP: frozen mid-flight, sockets open, nothing read or sent.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    /// Whether it has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Panics (naming the log) if it exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "worker {} exited ({status}) on its own; see {}",
+                self.name,
+                self.log.display()
+            );
+        }
+    }
+
+    /// SIGTERM, then waits for it to drain and exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "worker {} did not exit after SIGTERM; see {}",
+                self.name,
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "kill -{signal} {}", self.name);
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            // SIGKILL also ends a stopped process.
+            self.kill();
+        }
+    }
+}
+
+/// The environment that gives a worker process exactly `settings`:
+/// `AMQP_URL`, `REDIS_URL` and `RW_<SECTION>__<KEY>` for every other key.
+pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("AMQP_URL".to_string(), settings.amqp.url.clone()),
+        ("REDIS_URL".to_string(), settings.redis.url.clone()),
+    ];
+    let tree = serde_json::to_value(settings).unwrap();
+    for (section, keys) in tree.as_object().unwrap() {
+        for (key, value) in keys.as_object().into_iter().flatten() {
+            if key == "url" {
+                continue;
+            }
+            let value = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => continue,
+                other => other.to_string(),
+            };
+            env.push((
+                format!("RW_{}__{}", section.to_uppercase(), key.to_uppercase()),
+                value,
+            ));
+        }
+    }
+    // Several processes on one machine: let each pick a free port for its
+    // health endpoint, if it has one.
+    env.push(("RW_HTTP__PORT".to_string(), "0".to_string()));
+    env
+}
