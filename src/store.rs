@@ -319,13 +319,9 @@ impl Store {
             .iter()
             .map(|d| keys.record(resource, &d.command.command_id))
             .collect();
-        redis::cmd("WATCH")
-            .arg(&state_key)
-            .arg(&record_keys)
-            .exec_async(&mut **conn)
+        let (mut state, mut records) = self
+            .watch_and_load(conn, resource, batch, &state_key, &record_keys)
             .await?;
-
-        let (mut state, mut records) = self.load(conn, resource, batch, &record_keys).await?;
 
         let now = OffsetDateTime::now_utc();
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -380,12 +376,16 @@ impl Store {
         Ok(committed.map(|()| outcomes))
     }
 
-    /// Reads, in one round trip, everything the batch can touch.
-    async fn load(
+    /// WATCHes the state and the batch's idempotency records and reads
+    /// everything the batch can touch, in one round trip. The pipeline is
+    /// not a transaction: WATCH runs first, so any write after the reads is
+    /// caught by EXEC.
+    async fn watch_and_load(
         &self,
         conn: &mut deadpool_redis::Connection,
         resource: &ResourceId,
         batch: &[Decoded],
+        state_key: &str,
         record_keys: &[String],
     ) -> Result<(State, HashMap<CommandId, Record>), StoreError> {
         let keys = &self.keys;
@@ -403,7 +403,8 @@ impl Store {
             }
         }
         let mut pipe = redis::pipe();
-        pipe.get(keys.state(resource));
+        pipe.cmd("WATCH").arg(state_key).arg(record_keys).ignore();
+        pipe.get(state_key);
         pipe.cmd("MGET").arg(record_keys);
         if !customers.is_empty() {
             pipe.cmd("HMGET")
@@ -428,7 +429,7 @@ impl Store {
         let resource_state = state_json
             .map(|s| serde_json::from_str::<Resource>(&s))
             .transpose()
-            .map_err(|e| corrupt(&keys.state(resource), e))?;
+            .map_err(|e| corrupt(state_key, e))?;
 
         let record_values: Vec<Option<String>> = redis::from_redis_value(next())?;
         let mut records = HashMap::new();
