@@ -85,10 +85,15 @@ pub struct BenchOptions {
     /// Share of commands that repeat an earlier one.
     #[arg(long, default_value_t = 0.1)]
     pub duplicates: f64,
+    /// Rounds of the whole throughput plan; the report gives the median of
+    /// each figure and the spread, and ratios paired within a round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
     /// Seconds of paced traffic per latency measurement.
     #[arg(long, default_value_t = 10)]
     pub latency_secs: u64,
-    /// Rates to measure latency at, as fractions of the measured `hot` rate.
+    /// Rates to measure latency at, as fractions of the live peak: the `hot`
+    /// rate with the commands published while the replicas consume.
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.25")]
     pub latency_at: Vec<f64>,
     /// Write the results as Markdown to this file.
@@ -102,6 +107,7 @@ pub struct BenchOptions {
 /// One measured run.
 #[derive(Debug, Clone)]
 struct RunResult {
+    round: u32,
     workload: Workload,
     mode: Mode,
     partitions: u16,
@@ -119,10 +125,14 @@ struct RunResult {
     mean_process: Duration,
 }
 
-/// Publish-to-outcome latency at a paced rate.
+/// Publish-to-outcome latency with the commands published while the
+/// replicas consume: paced, or as fast as the bench can publish.
 #[derive(Debug, Clone)]
 struct Latency {
-    fraction: f64,
+    mode: Mode,
+    /// Fraction of the live peak; `None` for the live-peak run itself.
+    fraction: Option<f64>,
+    /// Offered rate (paced runs) or achieved outcome rate (live peak).
     rate: f64,
     samples: usize,
     p50: Duration,
@@ -133,7 +143,6 @@ struct Latency {
 /// Runs the benchmark and prints (and optionally writes) the results.
 pub async fn run(base: &Settings, o: &BenchOptions) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating this binary")?;
-    let mut results = Vec::new();
     let mut plan: Vec<(Workload, usize, Mode)> = Vec::new();
     for &w in &o.workloads {
         for &r in &o.replicas {
@@ -159,47 +168,71 @@ pub async fn run(base: &Settings, o: &BenchOptions) -> anyhow::Result<()> {
             plan.push((w, o.hot_replicas.max(1), Mode::Group, o.partitions));
         }
     }
-    for (i, &(workload, replicas, mode, partitions)) in plan.iter().enumerate() {
-        let partitioned = if partitions > 0 {
-            format!(" partitioned P={partitions}")
-        } else {
-            String::new()
-        };
-        eprintln!(
-            "== run {}/{}: {workload:?} x{replicas} {mode:?}{partitioned}",
-            i + 1,
-            plan.len()
-        );
-        let r = throughput_run(base, o, &exe, workload, replicas, mode, partitions).await?;
-        eprintln!(
-            "   {:.0} commands/s ({} in {:.2} s), {:.2} conflicts/commit, {:.1} commands/commit, mean commit {:.1} ms, mean publish+confirm {:.1} ms, mean receipt-to-ack {:.1} ms",
-            r.rate,
-            r.commands,
-            r.seconds,
-            ratio(r.conflicts, r.commits),
-            ratio(r.commands as f64, r.commits),
-            r.mean_commit.as_secs_f64() * 1e3,
-            r.mean_publish.as_secs_f64() * 1e3,
-            r.mean_process.as_secs_f64() * 1e3,
-        );
-        results.push(r);
+    let runs = plan.len() * o.repeat as usize;
+    let mut results = Vec::new();
+    for round in 1..=o.repeat {
+        for &(workload, replicas, mode, partitions) in &plan {
+            let partitioned = if partitions > 0 {
+                format!(" partitioned P={partitions}")
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "== run {}/{runs}: {workload:?} x{replicas} {mode:?}{partitioned}",
+                results.len() + 1,
+            );
+            let mut r = throughput_run(base, o, &exe, workload, replicas, mode, partitions).await?;
+            r.round = round;
+            eprintln!(
+                "   {:.0} commands/s ({} in {:.2} s), {:.2} conflicts/commit, {:.1} commands/commit, mean commit {:.1} ms, mean publish+confirm {:.1} ms, mean receipt-to-ack {:.1} ms",
+                r.rate,
+                r.commands,
+                r.seconds,
+                ratio(r.conflicts, r.commits),
+                ratio(r.commands as f64, r.commits),
+                r.mean_commit.as_secs_f64() * 1e3,
+                r.mean_publish.as_secs_f64() * 1e3,
+                r.mean_process.as_secs_f64() * 1e3,
+            );
+            results.push(r);
+        }
     }
     let mut latencies = Vec::new();
-    if let Some(hot) = results
+    let hot_replicas = results
         .iter()
         .find(|r| r.workload == Workload::Hot && r.mode == Mode::Group && r.partitions == 0)
+        .map(|r| r.replicas);
+    if let Some(replicas) = hot_replicas
         && o.latency_secs > 0
     {
-        for fraction in &o.latency_at {
-            let rate = hot.rate * fraction;
-            eprintln!(
-                "== latency: hot x{} group at {rate:.0} commands/s ({fraction} x peak) for {} s",
-                hot.replicas, o.latency_secs
-            );
-            let mut l = latency_run(base, o, &exe, hot.replicas, rate).await?;
-            l.fraction = *fraction;
-            eprintln!("   p50 {:?} p99 {:?} max {:?}", l.p50, l.p99, l.max);
+        // The preloaded peak overstates what the broker sustains while it
+        // also takes the commands' publishes, so the paced rates are
+        // fractions of the peak measured that way.
+        let hot = median_rate(&results, Workload::Hot, replicas, Mode::Group);
+        let mut peak = 0.0;
+        for mode in [Mode::Null, Mode::Group] {
+            eprintln!("== live peak: hot x{replicas} {mode:?}, publishing while consuming");
+            let n = ((hot * o.latency_secs as f64) as usize).max(1000);
+            let l = latency_run(base, o, &exe, replicas, mode, n, None).await?;
+            eprintln!("   {:.0} commands/s, p99 {:?}", l.rate, l.p99);
+            if mode == Mode::Group {
+                peak = l.rate;
+            }
             latencies.push(l);
+        }
+        for &fraction in &o.latency_at {
+            for mode in [Mode::Null, Mode::Group] {
+                let rate = peak * fraction;
+                eprintln!(
+                    "== latency: hot x{replicas} {mode:?} at {rate:.0} commands/s ({fraction} x live peak) for {} s",
+                    o.latency_secs
+                );
+                let n = ((rate * o.latency_secs as f64) as usize).max(100);
+                let mut l = latency_run(base, o, &exe, replicas, mode, n, Some(rate)).await?;
+                l.fraction = Some(fraction);
+                eprintln!("   p50 {:?} p99 {:?} max {:?}", l.p50, l.p99, l.max);
+                latencies.push(l);
+            }
         }
     }
     let report = render(o, &results, &latencies).await;
@@ -283,6 +316,8 @@ struct Rig {
     settings: Settings,
     prefix: String,
     connection: lapin::Connection,
+    /// The channel consuming the events, closed before the topology goes.
+    events: lapin::Channel,
     publisher: Publisher,
     /// Outcome event arrival times, by command id (first arrival only).
     seen: Arc<Mutex<Seen>>,
@@ -304,9 +339,9 @@ impl Rig {
         let connection = broker::connect(&a.url, &format!("{prefix}-bench"))
             .await
             .context("connecting to the broker")?;
-        let channel = connection.create_channel().await?;
-        broker::declare_topology(&channel, a).await?;
-        let mut consumer = broker::subscribe_to_events(&channel, a, "bench").await?;
+        let events = connection.create_channel().await?;
+        broker::declare_topology(&events, a).await?;
+        let mut consumer = broker::subscribe_to_events(&events, a, "bench").await?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let sink = seen.clone();
         tokio::spawn(async move {
@@ -331,6 +366,7 @@ impl Rig {
             settings,
             prefix,
             connection,
+            events,
             publisher,
             seen,
         })
@@ -403,8 +439,12 @@ impl Rig {
     }
 
     async fn cleanup(self) {
+        // Channels are closed before the connection: one merely dropped
+        // sends its close too late and lapin logs the race as an error.
+        let _ = self.events.close(200, "bench done".into()).await;
         if let Ok(channel) = self.connection.create_channel().await {
             broker::delete_topology(&channel, &self.settings.amqp).await;
+            let _ = channel.close(200, "bench done".into()).await;
         }
         let _ = self.connection.close(200, "bench done".into()).await;
         if let Ok(store) = Store::new(&self.settings.redis, &self.settings.worker) {
@@ -547,6 +587,7 @@ async fn throughput_run(
             .sum::<f64>()
     };
     Ok(RunResult {
+        round: 0,
         workload,
         mode,
         partitions,
@@ -585,65 +626,128 @@ fn mean(total_seconds: f64, count: f64) -> Duration {
     Duration::from_secs_f64(ratio(total_seconds, count).max(0.0))
 }
 
+/// Publishes `n` `hot` commands while the replicas consume, paced at `pace`
+/// commands/s or as fast as the bench can publish, and measures each
+/// command's publish-to-outcome latency.
 async fn latency_run(
     base: &Settings,
     o: &BenchOptions,
     exe: &std::path::Path,
     replicas: usize,
-    rate: f64,
+    mode: Mode,
+    n: usize,
+    pace: Option<f64>,
 ) -> anyhow::Result<Latency> {
     let rig = Rig::new(base).await?;
-    let n = ((rate * o.latency_secs as f64) as usize).max(100);
     let (defines, bodies) = traffic(Workload::Hot, n, 0.0, o.seed + 1);
     rig.publish_all(&defines, "defining").await?;
-    let workers = Replicas::spawn(
-        exe,
-        &rig.settings,
-        &rig.prefix,
-        replicas,
-        Mode::Group,
-        o.prefetch,
-    )?;
+    let workers = Replicas::spawn(exe, &rig.settings, &rig.prefix, replicas, mode, o.prefetch)?;
     rig.wait_for_events(defines.len(), "defining").await?;
     rig.reset();
-    // Paced publishing: every 10 ms, the commands due by then.
-    let started = Instant::now();
-    let bar = progress(n as u64, "paced");
-    let mut sent = 0;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    while sent < n {
-        tick.tick().await;
-        let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(n);
-        let chunk = &bodies[sent..due];
-        {
-            let mut s = rig.seen.lock().expect("lock");
-            let now = Instant::now();
-            for b in chunk {
-                s.published_at.insert(b.command_id().to_string(), now);
+    let bar = progress(n as u64, if pace.is_some() { "paced" } else { "live" });
+    let stamp = |chunk: &[CommandBody]| {
+        let mut s = rig.seen.lock().expect("lock");
+        let now = Instant::now();
+        for b in chunk {
+            s.published_at.insert(b.command_id().to_string(), now);
+        }
+    };
+    match pace {
+        Some(rate) => {
+            // Every 10 ms, the commands due by then.
+            let started = Instant::now();
+            let mut sent = 0;
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while sent < n {
+                tick.tick().await;
+                let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(n);
+                let chunk = &bodies[sent..due];
+                stamp(chunk);
+                let publishes: Vec<_> = chunk.iter().map(|b| rig.publish(b)).collect();
+                // Confirms are awaited concurrently so pacing is not held up
+                // by them.
+                tokio::spawn(futures_util::future::join_all(publishes));
+                sent = due;
+                bar.set_position(sent as u64);
             }
         }
-        let publishes: Vec<_> = chunk.iter().map(|b| rig.publish(b)).collect();
-        // Confirms are awaited concurrently so pacing is not held up by them.
-        tokio::spawn(futures_util::future::join_all(publishes));
-        sent = due;
-        bar.set_position(sent as u64);
+        None => {
+            // As fast as confirms allow, the same window as `publish_all`.
+            let mut stream = futures_util::stream::iter(bodies.iter().map(|b| {
+                stamp(std::slice::from_ref(b));
+                rig.publish(b)
+            }))
+            .buffer_unordered(512);
+            while let Some(r) = stream.next().await {
+                r?;
+                bar.inc(1);
+            }
+        }
     }
     bar.finish_and_clear();
     let waited = rig.wait_for_events(n, "outcomes").await;
     workers.stop();
-    let mut latencies = std::mem::take(&mut rig.seen.lock().expect("lock").latencies);
+    let (mut latencies, first, last) = {
+        let mut s = rig.seen.lock().expect("lock");
+        (std::mem::take(&mut s.latencies), s.first, s.last)
+    };
     rig.cleanup().await;
     waited?;
     latencies.sort();
     let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let achieved = match (first, last) {
+        (Some(f), Some(l)) => n.saturating_sub(1) as f64 / (l - f).as_secs_f64().max(1e-9),
+        _ => 0.0,
+    };
     Ok(Latency {
-        fraction: 0.0,
-        rate,
+        mode,
+        fraction: None,
+        rate: pace.unwrap_or(achieved),
         samples: latencies.len(),
         p50: pick(0.50),
         p99: pick(0.99),
         max: *latencies.last().expect("samples"),
     })
+}
+
+/// The median rate of the runs of one plan entry (without partitions).
+fn median_rate(results: &[RunResult], w: Workload, n: usize, m: Mode) -> f64 {
+    let mut rates: Vec<f64> = results
+        .iter()
+        .filter(|r| r.workload == w && r.replicas == n && r.mode == m && r.partitions == 0)
+        .map(|r| r.rate)
+        .collect();
+    median(&mut rates).unwrap_or(0.0)
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// The runs of each plan entry, in plan order, each entry's runs sorted by
+/// rate.
+fn by_entry(results: &[RunResult]) -> Vec<Vec<&RunResult>> {
+    let mut entries: Vec<Vec<&RunResult>> = Vec::new();
+    for r in results {
+        let same = |x: &&RunResult| {
+            (x.workload, x.replicas, x.mode, x.partitions)
+                == (r.workload, r.replicas, r.mode, r.partitions)
+        };
+        match entries.iter_mut().find(|e| same(&e[0])) {
+            Some(e) => e.push(r),
+            None => entries.push(vec![r]),
+        }
+    }
+    for e in &mut entries {
+        e.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    }
+    entries
 }
 
 /// The null worker's command counter.
@@ -786,21 +890,32 @@ async fn render(o: &BenchOptions, results: &[RunResult], latencies: &[Latency]) 
         o.duplicates * 100.0,
         o.prefetch
     );
+    if o.repeat > 1 {
+        let _ = writeln!(
+            md,
+            "The plan ran {} rounds, one entry after another in each round. Each row shows the median of its entry's commands/s and, for the other columns, the run with the median rate (the upper one of the middle two for an even count); `range` is the slowest and fastest run. Ratios are taken between runs of the same round, and the table gives their median and every round's value.\n",
+            o.repeat
+        );
+    }
     let _ = writeln!(
         md,
-        "| workload | replicas | mode | commands/s | seconds | conflicts/commit | commands/commit | per-replica share | peak RSS (MiB) |"
+        "| workload | replicas | mode | commands/s | range | seconds | conflicts/commit | commands/commit | per-replica share | peak RSS (MiB) |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
-    for r in results {
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for runs in by_entry(results) {
+        let r = runs[runs.len() / 2];
+        let mut rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
+        let rate = median(&mut rates).unwrap_or(0.0);
+        let range = format!("{:.0}–{:.0}", rates[0], rates[rates.len() - 1]);
         let total: f64 = r.per_replica.iter().sum();
         let shares: Vec<String> = r
             .per_replica
             .iter()
             .map(|c| format!("{:.0}%", 100.0 * ratio(*c, total)))
             .collect();
-        let rss = r
-            .peak_rss_kib
+        let rss = runs
             .iter()
+            .flat_map(|r| &r.peak_rss_kib)
             .map(|k| *k as f64 / 1024.0)
             .fold(0.0, f64::max);
         let (conflicts, per_commit) = if r.mode == Mode::Null {
@@ -813,7 +928,7 @@ async fn render(o: &BenchOptions, results: &[RunResult], latencies: &[Latency]) 
         };
         let _ = writeln!(
             md,
-            "| {:?} | {} | {} | {:.0} | {:.2} | {} | {} | {} | {:.1} |",
+            "| {:?} | {} | {} | {:.0} | {} | {:.2} | {} | {} | {} | {:.1} |",
             r.workload,
             r.replicas,
             if r.partitions > 0 {
@@ -821,58 +936,73 @@ async fn render(o: &BenchOptions, results: &[RunResult], latencies: &[Latency]) 
             } else {
                 format!("{:?}", r.mode)
             },
-            r.rate,
+            rate,
+            range,
             r.seconds,
             conflicts,
             per_commit,
             shares.join(" / "),
             rss
-        )
-        .map(|_| ());
+        );
     }
-    let _ = writeln!(md, "\n## Ratios (same run)\n");
+    let _ = writeln!(md, "\n## Ratios (same round)\n");
     let _ = writeln!(md, "| workload | replicas | group / null | group / naive |");
     let _ = writeln!(md, "|---|---|---|---|");
-    let find = |w: Workload, n: usize, m: Mode| {
-        results
-            .iter()
-            .find(|r| r.workload == w && r.replicas == n && r.mode == m && r.partitions == 0)
-    };
     let mut pairs: Vec<(Workload, usize)> = results
         .iter()
         .filter(|r| r.partitions == 0)
         .map(|r| (r.workload, r.replicas))
         .collect();
+    pairs.sort_by_key(|&(w, n)| (n, w as u8));
     pairs.dedup();
     for (w, n) in pairs {
-        let group = find(w, n, Mode::Group);
-        let fmt = |other: Option<&RunResult>| match (group, other) {
-            (Some(g), Some(x)) => format!("{:.2}", ratio(g.rate, x.rate)),
-            _ => "-".into(),
+        let paired = |other: Mode| {
+            let mut per_round: Vec<f64> = (1..=o.repeat)
+                .filter_map(|round| {
+                    let find = |m: Mode| {
+                        results.iter().find(|r| {
+                            r.round == round
+                                && r.workload == w
+                                && r.replicas == n
+                                && r.mode == m
+                                && r.partitions == 0
+                        })
+                    };
+                    Some(ratio(find(Mode::Group)?.rate, find(other)?.rate))
+                })
+                .collect();
+            let listed: Vec<String> = per_round.iter().map(|x| format!("{x:.2}")).collect();
+            match median(&mut per_round) {
+                None => "-".to_string(),
+                Some(m) if listed.len() == 1 => format!("{m:.2}"),
+                Some(m) => format!("**{m:.2}** ({})", listed.join(", ")),
+            }
         };
         let _ = writeln!(
             md,
             "| {w:?} | {n} | {} | {} |",
-            fmt(find(w, n, Mode::Null)),
-            fmt(find(w, n, Mode::Naive))
+            paired(Mode::Null),
+            paired(Mode::Naive)
         );
     }
     if !latencies.is_empty() {
         let _ = writeln!(
             md,
-            "\n## Latency\n\nPublish-to-outcome-event latency with `hot` traffic (group commit) paced at a fraction of the `hot` peak rate measured above. Unlike the throughput runs, the broker also takes the commands' publishes while serving the workers.\n"
+            "\n## Latency\n\nPublish-to-outcome-event latency with `hot` traffic, the commands published while the replicas consume, so the broker takes the commands' publishes as well as serving the replicas (in the throughput runs above the queue was preloaded). The `live peak` rows publish as fast as the bench can; their rate is the outcomes/s achieved, and their latency is mostly time queued behind the backlog. The other rows are paced at a fraction of the group worker's live peak, for the null worker and the group worker alike.\n"
         );
         let _ = writeln!(
             md,
-            "| rate | of peak | samples | p50 ms | p99 ms | max ms |"
+            "| mode | rate | of live peak | samples | p50 ms | p99 ms | max ms |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
         for l in latencies {
             let _ = writeln!(
                 md,
-                "| {:.0}/s | {:.2} | {} | {:.1} | {:.1} | {:.1} |",
+                "| {:?} | {:.0}/s | {} | {} | {:.1} | {:.1} | {:.1} |",
+                l.mode,
                 l.rate,
-                l.fraction,
+                l.fraction
+                    .map_or("live peak".to_string(), |f| format!("{f:.2}")),
                 l.samples,
                 l.p50.as_secs_f64() * 1e3,
                 l.p99.as_secs_f64() * 1e3,
