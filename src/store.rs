@@ -11,6 +11,7 @@
 //! | `P{R}:reservations` | hash (JSON values) | accepted reservations, for cancel |
 //! | `P{R}:history` | stream | every outcome event, in commit order |
 //! | `P{R}:cmd:C` | string (JSON), with TTL | command `C`'s body hash and outcome event |
+//! | `P{R}:conflict:H:C` | string (JSON), with TTL | the `idempotency_conflict` event of id `C` reused with body hash `H` |
 //!
 //! Every accepted command rewrites `state` (its version goes up), so WATCHing
 //! `state` fences the holdings and reservations too; WATCHing the idempotency
@@ -143,6 +144,13 @@ impl Keys {
     /// One command's idempotency record.
     pub fn record(&self, r: &ResourceId, c: &CommandId) -> String {
         self.key(r, &format!("cmd:{c}"))
+    }
+
+    /// The outcome of command id `c` reused with the body hashed `hash`.
+    /// The fixed-length hash comes first, so no command id can forge
+    /// another's key.
+    pub fn conflict(&self, r: &ResourceId, c: &CommandId, hash: &str) -> String {
+        self.key(r, &format!("conflict:{hash}:{c}"))
     }
 }
 
@@ -327,6 +335,9 @@ impl Store {
         let mut outcomes = Vec::with_capacity(batch.len());
         // Commands decided in this attempt: their event, record and key.
         let mut fresh: Vec<Fresh> = Vec::new();
+        // Idempotency conflicts: their outcome's index, record key and body
+        // hash.
+        let mut conflicts: Vec<(usize, String, &str)> = Vec::new();
         for (d, record_key) in batch.iter().zip(&record_keys) {
             let cid = &d.command.command_id;
             let known = records.get(cid).or_else(|| {
@@ -346,6 +357,8 @@ impl Store {
                         resource.clone(),
                     );
                     let id = derived_event_id(cid, &d.body_hash);
+                    let key = keys.conflict(resource, cid, &d.body_hash);
+                    conflicts.push((outcomes.len(), key, &d.body_hash));
                     Outcome::Conflict(OutgoingEvent::new(event, id, now))
                 }
                 None => {
@@ -365,15 +378,56 @@ impl Store {
             };
             outcomes.push(outcome);
         }
-        if fresh.is_empty() {
+        let new_conflicts = self
+            .settle_conflicts(conn, &conflicts, &mut outcomes)
+            .await?;
+        if fresh.is_empty() && new_conflicts.is_empty() {
             redis::cmd("UNWATCH").exec_async(&mut **conn).await?;
             return Ok(Some(outcomes));
         }
         records.clear();
 
-        let tx = self.transaction(resource, &state, &fresh);
+        let mut tx = self.transaction(resource, &state, &fresh);
+        for (key, record) in new_conflicts {
+            tx.set_ex(key, to_json(&record), self.retention_secs)
+                .ignore();
+        }
         let committed: Option<()> = tx.query_async(&mut **conn).await?;
         Ok(committed.map(|()| outcomes))
+    }
+
+    /// Makes every delivery of a conflicting body repeat one event: WATCHes
+    /// and reads the conflict records, replays the stored ones, and returns
+    /// the records to write for the new ones (the same body twice in one
+    /// batch shares one).
+    async fn settle_conflicts(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        conflicts: &[(usize, String, &str)],
+        outcomes: &mut [Outcome],
+    ) -> Result<Vec<(String, Record)>, StoreError> {
+        if conflicts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&str> = conflicts.iter().map(|(_, k, _)| k.as_str()).collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("WATCH").arg(&keys).ignore();
+        pipe.cmd("MGET").arg(&keys);
+        let (stored,): (Vec<Option<String>>,) = pipe.query_async(&mut **conn).await?;
+        let mut new: Vec<(String, Record)> = Vec::new();
+        for ((i, key, hash), stored) in conflicts.iter().zip(stored) {
+            if let Some(json) = stored {
+                let record: Record = serde_json::from_str(&json).map_err(|e| corrupt(key, e))?;
+                outcomes[*i] = Outcome::Replayed(record.event);
+            } else if let Some((_, first)) = new.iter().find(|(k, _)| k == key) {
+                outcomes[*i] = Outcome::Conflict(first.event.clone());
+            } else {
+                let event = outcomes[*i].event().clone();
+                let hash = (*hash).to_owned();
+                new.push((key.clone(), Record { hash, event }));
+            }
+        }
+        Ok(new)
     }
 
     /// WATCHes the state and the batch's idempotency records and reads

@@ -169,8 +169,38 @@ async fn same_command_id_with_another_body_is_an_idempotency_conflict() {
     assert_eq!(reason(&events[1]), Some(Reason::IdempotencyConflict));
     assert_ne!(events[1].event_id, first.event_id);
 
+    // The state moves on; a redelivery of the conflicting body still
+    // repeats its first outcome, byte for byte.
+    app.send(&reserve("r2", "gig", "bob", 2)).await;
+    app.outcome("r2").await;
+    app.send(&reserve("r1", "gig", "alice", 4)).await;
+    let events = eventually("three events for r1", || async {
+        let e = app.events_for("r1");
+        (e.len() == 3).then_some(e)
+    })
+    .await;
+    assert_eq!(events[2], events[1], "same conflict event");
+    let raw: Vec<_> = app
+        .raw_events()
+        .into_iter()
+        .filter(|b| String::from_utf8_lossy(b).contains("idempotency_conflict"))
+        .collect();
+    assert_eq!(raw.len(), 2);
+    assert_eq!(raw[0], raw[1], "byte-identical conflict events");
+
     let s = app.store.summary(&rid("gig")).await.unwrap().unwrap();
-    assert_eq!((s.reserved, s.version), (3, 2), "state unchanged");
+    assert_eq!(
+        (s.reserved, s.version),
+        (5, 3),
+        "the conflicts changed nothing"
+    );
+    let history = app.store.history(&rid("gig")).await.unwrap();
+    assert!(
+        history
+            .iter()
+            .all(|e| reason(e) != Some(Reason::IdempotencyConflict)),
+        "conflicts stay out of the history"
+    );
     app.cleanup().await;
 }
 
