@@ -189,7 +189,8 @@ impl State {
         self.resource.as_ref().map_or(0, |r| r.version)
     }
 
-    fn held_by(&self, customer: &CustomerId) -> u32 {
+    /// Seats `customer` holds (0 when absent).
+    pub fn held_by(&self, customer: &CustomerId) -> u32 {
         self.holdings.get(customer).copied().unwrap_or(0)
     }
 }

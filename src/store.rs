@@ -29,7 +29,7 @@ use deadpool_redis::{Pool, PoolError, Runtime};
 use rand::Rng;
 use redis::Value;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -517,8 +517,13 @@ impl Store {
         Ok((state, records))
     }
 
-    /// The MULTI body: new state, holding deltas, reservations, history
-    /// entries and idempotency records.
+    /// The MULTI body: new state, holdings, reservations, history entries
+    /// and idempotency records, with one command per hash where it can.
+    ///
+    /// Reserving customers' holdings and the cancelled reservations were
+    /// read under the WATCH, so their end values are written. A customer
+    /// who only cancels was not read (the reservation names them), so their
+    /// holding is decremented instead.
     fn transaction(
         &self,
         resource: &ResourceId,
@@ -528,23 +533,26 @@ impl Store {
         let keys = &self.keys;
         let mut tx = redis::pipe();
         tx.atomic();
-        let mut holding_deltas: HashMap<&CustomerId, i64> = HashMap::new();
-        let mut touched_reservations: HashSet<&CommandId> = HashSet::new();
+        let mut reserving: Vec<&CustomerId> = Vec::new();
+        let mut released: Vec<(&CustomerId, i64)> = Vec::new();
+        let mut reservations: Vec<&CommandId> = Vec::new();
         for Fresh { event, .. } in fresh.iter().filter(|f| f.event.is_accepted()) {
             let (customer, quantity) = (&event.details.customer_id, event.details.quantity);
-            let sign = match event.command {
-                CommandKind::Reserve => {
-                    touched_reservations.insert(&event.command_id);
-                    1
+            match (event.command, customer, quantity) {
+                (CommandKind::Reserve, Some(c), _) => {
+                    reservations.push(&event.command_id);
+                    if !reserving.contains(&c) {
+                        reserving.push(c);
+                    }
                 }
-                CommandKind::Cancel => {
-                    touched_reservations.extend(&event.details.reservation_id);
-                    -1
+                (CommandKind::Cancel, Some(c), Some(q)) => {
+                    reservations.extend(&event.details.reservation_id);
+                    match released.iter_mut().find(|(r, _)| *r == c) {
+                        Some((_, total)) => *total += i64::from(q),
+                        None => released.push((c, i64::from(q))),
+                    }
                 }
-                CommandKind::Define | CommandKind::Unknown => 0,
-            };
-            if let (Some(customer), Some(quantity)) = (customer, quantity) {
-                *holding_deltas.entry(customer).or_default() += sign * i64::from(quantity);
+                _ => {}
             }
         }
         if let Some(r) = &state.resource
@@ -552,18 +560,32 @@ impl Store {
         {
             tx.set(keys.state(resource), to_json(r)).ignore();
         }
-        for (customer, delta) in holding_deltas.into_iter().filter(|(_, d)| *d != 0) {
+        if !reserving.is_empty() {
+            let mut hset = redis::cmd("HSET");
+            hset.arg(keys.holdings(resource));
+            for c in &reserving {
+                hset.arg(c.as_str()).arg(state.held_by(c));
+            }
+            tx.add_command(hset).ignore();
+        }
+        for (c, quantity) in released.into_iter().filter(|(c, _)| !reserving.contains(c)) {
             tx.cmd("HINCRBY")
                 .arg(keys.holdings(resource))
-                .arg(customer.as_str())
-                .arg(delta)
+                .arg(c.as_str())
+                .arg(-quantity)
                 .ignore();
         }
-        for id in touched_reservations {
-            if let Some(r) = state.reservations.get(id) {
-                tx.hset(keys.reservations(resource), id.as_str(), to_json(r))
-                    .ignore();
+        let touched: Vec<(&CommandId, &Reservation)> = reservations
+            .into_iter()
+            .filter_map(|id| Some((id, state.reservations.get(id)?)))
+            .collect();
+        if !touched.is_empty() {
+            let mut hset = redis::cmd("HSET");
+            hset.arg(keys.reservations(resource));
+            for (id, r) in touched {
+                hset.arg(id.as_str()).arg(to_json(r));
             }
+            tx.add_command(hset).ignore();
         }
         for f in fresh {
             tx.cmd("XADD")

@@ -283,3 +283,82 @@ async fn setup_is_idempotent() {
         .unwrap();
     app.cleanup().await;
 }
+
+/// One transaction writes a whole batch: customers who reserve get their
+/// end holding written, customers who only cancel are decremented. Either
+/// way Redis must agree with the history folded from scratch.
+#[tokio::test]
+async fn a_batch_leaves_holdings_and_reservations_as_its_history_says() {
+    use reservation_worker::domain::{State, apply};
+    use reservation_worker::message::decode;
+    let app = TestApp::new().await;
+    let club = rid("club");
+    let batch = |bodies: &[reservation_worker::message::CommandBody]| {
+        bodies
+            .iter()
+            .map(|b| decode(&b.to_json()).expect("decodable"))
+            .collect::<Vec<_>>()
+    };
+    let first = batch(&[
+        define("d1", "club", 10, Some(4)),
+        reserve("r1", "club", "a", 2),
+        reserve("r2", "club", "b", 3),
+        reserve("r5", "club", "d", 1),
+        reserve("r7", "club", "a", 1),
+    ]);
+    app.store.execute(&club, &first).await.unwrap();
+    let second = batch(&[
+        cancel("c1", "club", "r1"),    // a only cancels
+        reserve("r3", "club", "b", 1), // b reserves ...
+        cancel("c2", "club", "r2"),    // ... and cancels in the same batch
+        reserve("r4", "club", "c", 1), // c reserves ...
+        cancel("c3", "club", "r4"),    // ... and cancels that very reservation
+        reserve("r6", "club", "d", 4), // d goes over the limit: rejected
+        cancel("c4", "club", "r1"),    // already cancelled
+    ]);
+    let outcomes = app.store.execute(&club, &second).await.unwrap();
+    assert_eq!(outcomes.len(), second.len());
+
+    let history = app.store.history(&club).await.unwrap();
+    assert_eq!(history.len(), first.len() + second.len());
+    let rebuilt = history
+        .iter()
+        .fold(State::default(), |s, e| apply(s, &e.event));
+    let held = app.store.holdings(&club).await.unwrap();
+    for customer in ["a", "b", "c", "d"] {
+        let id = reservation_worker::domain::CustomerId::try_from(customer).unwrap();
+        assert_eq!(
+            held.get(customer).copied().unwrap_or(0),
+            rebuilt.held_by(&id),
+            "holding of {customer}"
+        );
+    }
+    assert_eq!(
+        ["a", "b", "c", "d"].map(|c| held.get(c).copied().unwrap_or(0)),
+        [1, 1, 0, 1]
+    );
+    let s = app.store.summary(&club).await.unwrap().unwrap();
+    let r = rebuilt.resource.unwrap();
+    assert_eq!((s.reserved, s.version), (r.reserved, r.version));
+    assert_eq!(s.reserved, 3);
+
+    // A cancel in a later batch sees the reservations the batch wrote.
+    let third = batch(&[cancel("c5", "club", "r3"), cancel("c6", "club", "r4")]);
+    let outcomes = app.store.execute(&club, &third).await.unwrap();
+    let results: Vec<_> = outcomes
+        .iter()
+        .map(|o| (o.event().routing_key.as_str(), o.event().reason.as_deref()))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("cancel.accepted", None),
+            ("cancel.rejected", Some("already_cancelled"))
+        ]
+    );
+    assert_eq!(
+        app.store.holdings(&club).await.unwrap().get("b").copied(),
+        Some(0)
+    );
+    app.cleanup().await;
+}
