@@ -65,6 +65,8 @@ pub struct AmqpSettings {
     pub mandatory_events: bool,
     /// Publisher-confirm timeout.
     pub confirm_timeout_ms: u64,
+    /// Publish events on a second connection instead of the consuming one.
+    pub separate_publisher_connection: bool,
 }
 
 /// Redis connection and key layout.

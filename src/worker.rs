@@ -128,13 +128,24 @@ impl Worker {
         broker::declare_topology(&setup, amqp)
             .await
             .map_err(|e| broker::explain(e, amqp))?;
-        // Publishing gets a connection of its own: the broker's flow control
-        // blocks a whole connection, and acks must not queue behind
-        // throttled publishes.
-        let publishing = broker::connect(&amqp.url, &format!("{}-publisher", self.name))
-            .await
-            .context("connecting to the broker")?;
-        let publisher = Publisher::open(&publishing, amqp.confirm_timeout()).await?;
+        // Events go out on the consuming connection unless configured
+        // otherwise: a second connection is a second I/O thread, and the
+        // flow-control isolation it buys matters little when every ack waits
+        // for an event's confirm anyway.
+        let publishing = if amqp.separate_publisher_connection {
+            Some(
+                broker::connect(&amqp.url, &format!("{}-publisher", self.name))
+                    .await
+                    .context("connecting to the broker")?,
+            )
+        } else {
+            None
+        };
+        let publisher = Publisher::open(
+            publishing.as_ref().unwrap_or(&connection),
+            amqp.confirm_timeout(),
+        )
+        .await?;
         let channel = connection.create_channel().await?;
         channel
             .basic_qos(amqp.prefetch, BasicQosOptions::default())
@@ -227,7 +238,9 @@ impl Worker {
         }
         // Unacked deliveries go back to the queue when the channel closes.
         let _ = timeout(TEARDOWN, connection.close(200, "worker stopping".into())).await;
-        let _ = timeout(TEARDOWN, publishing.close(200, "worker stopping".into())).await;
+        if let Some(publishing) = publishing {
+            let _ = timeout(TEARDOWN, publishing.close(200, "worker stopping".into())).await;
+        }
         end
     }
 }

@@ -151,6 +151,19 @@ async fn a_command_published_twice_changes_state_once_and_repeats_its_event() {
 }
 
 #[tokio::test]
+async fn events_can_go_out_on_a_connection_of_their_own() {
+    let mut app = TestApp::with(|s| s.amqp.separate_publisher_connection = true).await;
+    app.start_worker();
+    app.send(&define("d1", "gig", 2, None)).await;
+    app.outcome("d1").await;
+    app.send(&reserve("r1", "gig", "alice", 2)).await;
+    assert!(app.outcome("r1").await.event.is_accepted());
+    app.send(&reserve("r2", "gig", "bob", 1)).await;
+    assert_eq!(reason(&app.outcome("r2").await), Some(Reason::SoldOut));
+    app.cleanup().await;
+}
+
+#[tokio::test]
 async fn same_command_id_with_another_body_is_an_idempotency_conflict() {
     let mut app = TestApp::new().await;
     app.start_worker();
