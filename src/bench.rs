@@ -119,6 +119,8 @@ struct RunResult {
     conflicts: f64,
     per_replica: Vec<f64>,
     peak_rss_kib: Vec<u64>,
+    /// CPU time (user + system) all replicas used, in seconds.
+    cpu_seconds: f64,
     /// Mean commit time and mean receipt-to-ack time inside the workers.
     mean_commit: Duration,
     mean_publish: Duration,
@@ -184,10 +186,11 @@ pub async fn run(base: &Settings, o: &BenchOptions) -> anyhow::Result<()> {
             let mut r = throughput_run(base, o, &exe, workload, replicas, mode, partitions).await?;
             r.round = round;
             eprintln!(
-                "   {:.0} commands/s ({} in {:.2} s), {:.2} conflicts/commit, {:.1} commands/commit, mean commit {:.1} ms, mean publish+confirm {:.1} ms, mean receipt-to-ack {:.1} ms",
+                "   {:.0} commands/s ({} in {:.2} s), replica CPU {:.0} us/command, {:.2} conflicts/commit, {:.1} commands/commit, mean commit {:.1} ms, mean publish+confirm {:.1} ms, mean receipt-to-ack {:.1} ms",
                 r.rate,
                 r.commands,
                 r.seconds,
+                1e6 * ratio(r.cpu_seconds, r.commands as f64),
                 ratio(r.conflicts, r.commits),
                 ratio(r.commands as f64, r.commits),
                 r.mean_commit.as_secs_f64() * 1e3,
@@ -501,6 +504,24 @@ impl Replicas {
         Ok(Replicas { children })
     }
 
+    /// CPU time (user + system) the replicas have used so far, in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        // utime and stime are fields 14 and 15 of /proc/PID/stat, counted
+        // after the parenthesised command name, in clock ticks (100 Hz on
+        // Linux).
+        self.children
+            .iter()
+            .filter_map(|(c, _)| {
+                let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok()?;
+                let after_name = stat.rsplit_once(')')?.1;
+                let fields: Vec<&str> = after_name.split_whitespace().collect();
+                let ticks =
+                    fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+                Some(ticks as f64 / 100.0)
+            })
+            .sum()
+    }
+
     /// Peak resident memory of each replica (VmHWM), in KiB.
     fn peak_rss(&self) -> Vec<u64> {
         self.children
@@ -569,6 +590,7 @@ async fn throughput_run(
     let waited = rig.wait_for_events(total, "outcomes").await;
     let metrics = workers.scrape().await;
     let peak_rss_kib = workers.peak_rss();
+    let cpu_seconds = workers.cpu_seconds();
     workers.stop();
     let (first, last) = {
         let s = rig.seen.lock().expect("lock");
@@ -607,6 +629,7 @@ async fn throughput_run(
             })
             .collect(),
         peak_rss_kib,
+        cpu_seconds,
         mean_commit: mean(
             sum("reservation_commit_seconds_sum"),
             sum("reservation_commit_seconds_count"),
@@ -899,9 +922,9 @@ async fn render(o: &BenchOptions, results: &[RunResult], latencies: &[Latency]) 
     }
     let _ = writeln!(
         md,
-        "| workload | replicas | mode | commands/s | range | seconds | conflicts/commit | commands/commit | per-replica share | peak RSS (MiB) |"
+        "| workload | replicas | mode | commands/s | range | seconds | replica CPU (µs/command) | conflicts/commit | commands/commit | per-replica share | peak RSS (MiB) |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for runs in by_entry(results) {
         let r = runs[runs.len() / 2];
         let mut rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
@@ -928,7 +951,7 @@ async fn render(o: &BenchOptions, results: &[RunResult], latencies: &[Latency]) 
         };
         let _ = writeln!(
             md,
-            "| {:?} | {} | {} | {:.0} | {} | {:.2} | {} | {} | {} | {:.1} |",
+            "| {:?} | {} | {} | {:.0} | {} | {:.2} | {:.0} | {} | {} | {} | {:.1} |",
             r.workload,
             r.replicas,
             if r.partitions > 0 {
@@ -939,6 +962,7 @@ async fn render(o: &BenchOptions, results: &[RunResult], latencies: &[Latency]) 
             rate,
             range,
             r.seconds,
+            1e6 * ratio(r.cpu_seconds, r.commands as f64),
             conflicts,
             per_commit,
             shares.join(" / "),
