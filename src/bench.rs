@@ -842,6 +842,8 @@ pub async fn null_worker(
     }
     tracker.close();
     tracker.wait().await;
+    publisher.close().await;
+    let _ = channel.close(200, "done".into()).await;
     let _ = connection.close(200, "done".into()).await;
     Ok(())
 }

@@ -400,6 +400,15 @@ impl Publisher {
     pub fn is_open(&self) -> bool {
         self.channel.status().connected()
     }
+
+    /// Closes the channel; errors are ignored, as on a dead connection.
+    /// Close channels before their connection: one merely dropped sends
+    /// its close after the connection's, and lapin logs that as an error.
+    pub async fn close(&self) {
+        if self.is_open() {
+            let _ = self.channel.close(200, "done".into()).await;
+        }
+    }
 }
 
 fn short(s: &str, what: &str) -> Result<ShortString, PublishError> {

@@ -128,6 +128,7 @@ impl Worker {
         broker::declare_topology(&setup, amqp)
             .await
             .map_err(|e| broker::explain(e, amqp))?;
+        let _ = setup.close(200, "topology declared".into()).await;
         // Events go out on the consuming connection unless configured
         // otherwise: a second connection is a second I/O thread, and the
         // flow-control isolation it buys matters little when every ack waits
@@ -141,7 +142,7 @@ impl Worker {
         } else {
             None
         };
-        let publisher = Publisher::open(
+        let events = Publisher::open(
             publishing.as_ref().unwrap_or(&connection),
             amqp.confirm_timeout(),
         )
@@ -188,7 +189,7 @@ impl Worker {
             settings: self.settings.clone(),
             store: self.store.clone(),
             health: self.health.clone(),
-            publisher,
+            publisher: events.clone(),
             abandon: abandon.clone(),
             broken: broken.clone(),
             lanes: Mutex::new(HashMap::new()),
@@ -237,6 +238,10 @@ impl Worker {
             warn!("the last acks could not be sent; those commands will be redelivered");
         }
         // Unacked deliveries go back to the queue when the channel closes.
+        let _ = timeout(TEARDOWN, events.close()).await;
+        if channel.status().connected() {
+            let _ = timeout(TEARDOWN, channel.close(200, "worker stopping".into())).await;
+        }
         let _ = timeout(TEARDOWN, connection.close(200, "worker stopping".into())).await;
         if let Some(publishing) = publishing {
             let _ = timeout(TEARDOWN, publishing.close(200, "worker stopping".into())).await;
