@@ -15,7 +15,9 @@
 //!
 //! Every accepted command rewrites `state` (its version goes up), so WATCHing
 //! `state` fences the holdings and reservations too; WATCHing the idempotency
-//! records fences two workers racing on the same command.
+//! records fences two workers racing on the same command. Conflict records
+//! are WATCHed too, in a second round trip taken only when a batch holds a
+//! reused `command_id`, before they are read.
 
 use crate::config::{RedisSettings, WorkerSettings};
 use crate::domain::{
@@ -418,7 +420,9 @@ impl Store {
         for ((i, key, hash), stored) in conflicts.iter().zip(stored) {
             if let Some(json) = stored {
                 let record: Record = serde_json::from_str(&json).map_err(|e| corrupt(key, e))?;
-                outcomes[*i] = Outcome::Replayed(record.event);
+                // Still a conflict: logged and counted as one, not as a
+                // duplicate delivery.
+                outcomes[*i] = Outcome::Conflict(record.event);
             } else if let Some((_, first)) = new.iter().find(|(k, _)| k == key) {
                 outcomes[*i] = Outcome::Conflict(first.event.clone());
             } else {
