@@ -156,6 +156,14 @@ async fn events_can_go_out_on_a_connection_of_their_own() {
     app.start_worker();
     app.send(&define("d1", "gig", 2, None)).await;
     app.outcome("d1").await;
+    let worker = format!("{}-worker-0", app.prefix());
+    let mut names: Vec<String> = broker_connections(&worker)
+        .await
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
+    names.sort();
+    assert_eq!(names, [worker.clone(), format!("{worker}-publisher")]);
     app.send(&reserve("r1", "gig", "alice", 2)).await;
     assert!(app.outcome("r1").await.event.is_accepted());
     app.send(&reserve("r2", "gig", "bob", 1)).await;
@@ -332,13 +340,28 @@ async fn a_batch_leaves_holdings_and_reservations_as_its_history_says() {
     let outcomes = app.store.execute(&club, &second).await.unwrap();
     assert_eq!(outcomes.len(), second.len());
 
+    // The same command twice, and a reused id twice, in one batch: each
+    // pair shares one outcome and writes once.
+    let third = batch(&[
+        reserve("r8", "club", "e", 2),
+        reserve("r8", "club", "e", 2),
+        reserve("r5", "club", "x", 1),
+        reserve("r5", "club", "x", 1),
+    ]);
+    let outcomes = app.store.execute(&club, &third).await.unwrap();
+    let events: Vec<_> = outcomes.iter().map(|o| o.event().clone()).collect();
+    assert_eq!(events[0], events[1]);
+    assert_eq!(events[0].routing_key, "reserve.accepted");
+    assert_eq!(events[2], events[3]);
+    assert_eq!(events[2].reason.as_deref(), Some("idempotency_conflict"));
+
     let history = app.store.history(&club).await.unwrap();
-    assert_eq!(history.len(), first.len() + second.len());
+    assert_eq!(history.len(), first.len() + second.len() + 1);
     let rebuilt = history
         .iter()
         .fold(State::default(), |s, e| apply(s, &e.event));
     let held = app.store.holdings(&club).await.unwrap();
-    for customer in ["a", "b", "c", "d"] {
+    for customer in ["a", "b", "c", "d", "e", "x"] {
         let id = reservation_worker::domain::CustomerId::try_from(customer).unwrap();
         assert_eq!(
             held.get(customer).copied().unwrap_or(0),
@@ -347,17 +370,17 @@ async fn a_batch_leaves_holdings_and_reservations_as_its_history_says() {
         );
     }
     assert_eq!(
-        ["a", "b", "c", "d"].map(|c| held.get(c).copied().unwrap_or(0)),
-        [1, 1, 0, 1]
+        ["a", "b", "c", "d", "e", "x"].map(|c| held.get(c).copied().unwrap_or(0)),
+        [1, 1, 0, 1, 2, 0]
     );
     let s = app.store.summary(&club).await.unwrap().unwrap();
     let r = rebuilt.resource.unwrap();
     assert_eq!((s.reserved, s.version), (r.reserved, r.version));
-    assert_eq!(s.reserved, 3);
+    assert_eq!(s.reserved, 5);
 
     // A cancel in a later batch sees the reservations the batch wrote.
-    let third = batch(&[cancel("c5", "club", "r3"), cancel("c6", "club", "r4")]);
-    let outcomes = app.store.execute(&club, &third).await.unwrap();
+    let fourth = batch(&[cancel("c5", "club", "r3"), cancel("c6", "club", "r4")]);
+    let outcomes = app.store.execute(&club, &fourth).await.unwrap();
     let results: Vec<_> = outcomes
         .iter()
         .map(|o| (o.event().routing_key.as_str(), o.event().reason.as_deref()))

@@ -569,35 +569,7 @@ async fn check_invariants(rig: &Rig) -> Tally {
 
 /// This test's worker processes' broker connections, as `(pid, name)`.
 async fn broker_connections(app: &TestApp) -> Vec<(String, String)> {
-    let mine = format!("{}-p", app.prefix());
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "-q",
-            "--no-table-headers",
-            "pid",
-            "client_properties",
-        ])
-        .output()
-        .await
-        .expect("rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl list_connections: {out:?}"
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let (pid, properties) = line.split_once('\t')?;
-            let name = properties
-                .split_once("{\"connection_name\",\"")?
-                .1
-                .split('"')
-                .next()?;
-            name.starts_with(&mine)
-                .then(|| (pid.trim().to_string(), name.to_string()))
-        })
-        .collect()
+    crate::helpers::broker_connections(&format!("{}-p", app.prefix())).await
 }
 
 /// Closes (`rabbitmqctl close_connection`) the broker connections of this

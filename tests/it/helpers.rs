@@ -354,3 +354,36 @@ pub fn header_text(headers: &Option<FieldTable>, name: &str) -> Option<String> {
         _ => None,
     }
 }
+
+/// The broker's connections whose name starts with `prefix`, as
+/// `(pid, name)` (`rabbitmqctl list_connections`).
+pub async fn broker_connections(prefix: &str) -> Vec<(String, String)> {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .await
+        .expect("rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl list_connections: {out:?}"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (pid, properties) = line.split_once('\t')?;
+            let name = properties
+                .split_once("{\"connection_name\",\"")?
+                .1
+                .split('"')
+                .next()?;
+            name.starts_with(prefix)
+                .then(|| (pid.trim().to_string(), name.to_string()))
+        })
+        .collect()
+}
