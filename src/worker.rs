@@ -128,7 +128,7 @@ impl Worker {
         broker::declare_topology(&setup, amqp)
             .await
             .map_err(|e| broker::explain(e, amqp))?;
-        let _ = setup.close(200, "topology declared".into()).await;
+        let _ = timeout(TEARDOWN, setup.close(200, "topology declared".into())).await;
         // Events go out on the consuming connection unless configured
         // otherwise: a second connection is a second I/O thread, and the
         // flow-control isolation it buys matters little when every ack waits
