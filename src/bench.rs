@@ -142,8 +142,51 @@ struct Latency {
     max: Duration,
 }
 
-/// Runs the benchmark and prints (and optionally writes) the results.
+/// Settings of the runs whose queues, exchanges and keys still exist, so an
+/// interrupted bench can remove them.
+static OPEN_RUNS: Mutex<Vec<Settings>> = Mutex::new(Vec::new());
+
+/// Runs the benchmark and prints (and optionally writes) the results. On
+/// SIGTERM or Ctrl-C it stops the replicas and removes what the current run
+/// declared, rather than leaving a preloaded queue behind.
 pub async fn run(base: &Settings, o: &BenchOptions) -> anyhow::Result<()> {
+    let shutdown = crate::shutdown::on_signal();
+    tokio::select! {
+        result = run_plan(base, o) => result,
+        () = shutdown.cancelled() => {
+            // Dropping the plan has killed the replicas.
+            eprintln!("interrupted: removing this run's queues, exchanges and keys");
+            let open = std::mem::take(&mut *OPEN_RUNS.lock().expect("lock"));
+            for settings in open {
+                let name = format!("{}-cleanup", settings.redis.key_prefix.trim_end_matches(':'));
+                if let Ok(connection) = broker::connect(&settings.amqp.url, &name).await {
+                    remove_run(&connection, &settings).await;
+                    let _ = connection.close(200, "bench interrupted".into()).await;
+                }
+            }
+            anyhow::bail!("interrupted")
+        }
+    }
+}
+
+/// Deletes a run's topology and Redis keys.
+async fn remove_run(connection: &lapin::Connection, settings: &Settings) {
+    // Channels are closed before the connection: one merely dropped sends
+    // its close too late and lapin logs the race as an error.
+    if let Ok(channel) = connection.create_channel().await {
+        broker::delete_topology(&channel, &settings.amqp).await;
+        let _ = channel.close(200, "bench done".into()).await;
+    }
+    if let Ok(store) = Store::new(&settings.redis, &settings.worker) {
+        let _ = store.delete_all().await;
+    }
+    OPEN_RUNS
+        .lock()
+        .expect("lock")
+        .retain(|s| s.redis.key_prefix != settings.redis.key_prefix);
+}
+
+async fn run_plan(base: &Settings, o: &BenchOptions) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating this binary")?;
     let mut plan: Vec<(Workload, usize, Mode)> = Vec::new();
     for &w in &o.workloads {
@@ -338,6 +381,7 @@ struct Seen {
 impl Rig {
     async fn new(base: &Settings) -> anyhow::Result<Rig> {
         let (settings, prefix) = isolated(base);
+        OPEN_RUNS.lock().expect("lock").push(settings.clone());
         let a = &settings.amqp;
         let connection = broker::connect(&a.url, &format!("{prefix}-bench"))
             .await
@@ -442,17 +486,9 @@ impl Rig {
     }
 
     async fn cleanup(self) {
-        // Channels are closed before the connection: one merely dropped
-        // sends its close too late and lapin logs the race as an error.
         let _ = self.events.close(200, "bench done".into()).await;
-        if let Ok(channel) = self.connection.create_channel().await {
-            broker::delete_topology(&channel, &self.settings.amqp).await;
-            let _ = channel.close(200, "bench done".into()).await;
-        }
+        remove_run(&self.connection, &self.settings).await;
         let _ = self.connection.close(200, "bench done".into()).await;
-        if let Ok(store) = Store::new(&self.settings.redis, &self.settings.worker) {
-            let _ = store.delete_all().await;
-        }
     }
 }
 
@@ -507,8 +543,9 @@ impl Replicas {
     /// CPU time (user + system) the replicas have used so far, in seconds.
     fn cpu_seconds(&self) -> f64 {
         // utime and stime are fields 14 and 15 of /proc/PID/stat, counted
-        // after the parenthesised command name, in clock ticks (100 Hz on
-        // Linux).
+        // after the parenthesised command name, in clock ticks: USER_HZ,
+        // which Linux fixes at 100 for this interface. Counted from the
+        // replica's start, so its start-up is included (a few ms).
         self.children
             .iter()
             .filter_map(|(c, _)| {
@@ -918,7 +955,7 @@ async fn render(o: &BenchOptions, results: &[RunResult], latencies: &[Latency]) 
     if o.repeat > 1 {
         let _ = writeln!(
             md,
-            "The plan ran {} rounds, one entry after another in each round. Each row shows the median of its entry's commands/s and, for the other columns, the run with the median rate (the upper one of the middle two for an even count); `range` is the slowest and fastest run. Ratios are taken between runs of the same round, and the table gives their median and every round's value.\n",
+            "The plan ran {} rounds, one entry after another in each round. Each row shows the median of its entry's commands/s; `range` is the slowest and fastest run; peak RSS is the largest of all its runs, and the other columns come from the run with the median rate (the upper one of the middle two for an even count). Ratios are taken between runs of the same round, and the table gives their median and every round's value.\n",
             o.repeat
         );
     }
