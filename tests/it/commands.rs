@@ -124,18 +124,8 @@ async fn a_command_published_twice_changes_state_once_and_repeats_its_event() {
     app.send(&body).await;
     app.outcome("r1").await;
     app.send(&body).await;
-    let events = eventually("two events for r1", || async {
-        let e = app.events_for("r1");
-        (e.len() == 2).then_some(e)
-    })
-    .await;
-    assert_eq!(events[0], events[1], "same event_id, same body");
-    let raw: Vec<_> = app
-        .raw_events()
-        .into_iter()
-        .filter(|b| String::from_utf8_lossy(b).contains("\"r1\""))
-        .collect();
-    assert_eq!(raw[0], raw[1], "byte-identical bodies");
+    let events = app.outcomes("r1", 2).await;
+    assert_eq!(events[0], events[1], "same event_id, byte-identical bodies");
 
     let s = app.store.summary(&rid("gig")).await.unwrap().unwrap();
     assert_eq!((s.reserved, s.version), (3, 2), "booked once");
@@ -182,32 +172,20 @@ async fn same_command_id_with_another_body_is_an_idempotency_conflict() {
     assert!(first.event.is_accepted());
 
     app.send(&reserve("r1", "gig", "alice", 4)).await;
-    let events = eventually("two events for r1", || async {
-        let e = app.events_for("r1");
-        (e.len() == 2).then_some(e)
-    })
-    .await;
-    assert_eq!(reason(&events[1]), Some(Reason::IdempotencyConflict));
-    assert_ne!(events[1].event_id, first.event_id);
+    let events = app.outcomes("r1", 2).await;
+    assert_eq!(reason(&events[1].0), Some(Reason::IdempotencyConflict));
+    assert_ne!(events[1].0.event_id, first.event_id);
 
     // The state moves on; a redelivery of the conflicting body still
     // repeats its first outcome, byte for byte.
     app.send(&reserve("r2", "gig", "bob", 2)).await;
     app.outcome("r2").await;
     app.send(&reserve("r1", "gig", "alice", 4)).await;
-    let events = eventually("three events for r1", || async {
-        let e = app.events_for("r1");
-        (e.len() == 3).then_some(e)
-    })
-    .await;
-    assert_eq!(events[2], events[1], "same conflict event");
-    let raw: Vec<_> = app
-        .raw_events()
-        .into_iter()
-        .filter(|b| String::from_utf8_lossy(b).contains("idempotency_conflict"))
-        .collect();
-    assert_eq!(raw.len(), 2);
-    assert_eq!(raw[0], raw[1], "byte-identical conflict events");
+    let events = app.outcomes("r1", 3).await;
+    assert_eq!(
+        events[2], events[1],
+        "the same conflict event, byte for byte"
+    );
 
     let s = app.store.summary(&rid("gig")).await.unwrap().unwrap();
     assert_eq!(

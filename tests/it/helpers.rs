@@ -219,6 +219,20 @@ impl TestApp {
         .await
     }
 
+    /// Waits until `command_id` has `n` outcome events; returns them,
+    /// parsed and as the exact bytes, in arrival order.
+    pub async fn outcomes(&self, command_id: &str, n: usize) -> Vec<(EventEnvelope, Vec<u8>)> {
+        eventually(&format!("{n} events for {command_id}"), || async {
+            let events: Vec<_> = self
+                .received()
+                .into_iter()
+                .filter(|(e, _)| e.event.command_id.as_str() == command_id)
+                .collect();
+            (events.len() >= n).then_some(events)
+        })
+        .await
+    }
+
     /// Waits for the first event of `command_id`.
     pub async fn outcome(&self, command_id: &str) -> EventEnvelope {
         eventually(&format!("an outcome for {command_id}"), || async {
