@@ -293,20 +293,7 @@ async fn run_plan(base: &Settings, o: &BenchOptions) -> anyhow::Result<()> {
 /// Settings with names unique to one run.
 fn isolated(base: &Settings) -> (Settings, String) {
     let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let mut s = base.clone();
-    let a = &mut s.amqp;
-    for name in [
-        &mut a.commands_exchange,
-        &mut a.commands_queue,
-        &mut a.dead_letter_exchange,
-        &mut a.dead_letter_queue,
-        &mut a.events_exchange,
-        &mut a.partition_exchange,
-    ] {
-        *name = format!("{prefix}.{name}");
-    }
-    s.redis.key_prefix = format!("{prefix}:");
-    (s, prefix)
+    (base.clone().under_prefix(&prefix), prefix)
 }
 
 /// Commands for a workload, plus the defines that must precede them.

@@ -147,6 +147,25 @@ impl Settings {
             .map_err(Box::new)
     }
 
+    /// These settings with every broker name and the Redis key prefix put
+    /// under `prefix`, so that runs side by side on the same servers (tests,
+    /// benchmarks) never meet.
+    pub fn under_prefix(mut self, prefix: &str) -> Settings {
+        let a = &mut self.amqp;
+        for name in [
+            &mut a.commands_exchange,
+            &mut a.commands_queue,
+            &mut a.dead_letter_exchange,
+            &mut a.dead_letter_queue,
+            &mut a.events_exchange,
+            &mut a.partition_exchange,
+        ] {
+            *name = format!("{prefix}.{name}");
+        }
+        self.redis.key_prefix = format!("{prefix}:");
+        self
+    }
+
     /// The shipped defaults, ignoring the environment.
     pub fn defaults() -> Settings {
         Figment::from(Toml::string(DEFAULTS))

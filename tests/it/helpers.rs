@@ -43,24 +43,13 @@ type RunningWorker = (CancellationToken, JoinHandle<anyhow::Result<()>>);
 pub fn isolated_settings() -> (Settings, String) {
     let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
     let prefix = format!("test-{id}");
-    let mut s = Settings::defaults();
+    let mut s = Settings::defaults().under_prefix(&prefix);
     if let Ok(url) = std::env::var("AMQP_URL") {
         s.amqp.url = url;
     }
     if let Ok(url) = std::env::var("REDIS_URL") {
         s.redis.url = url;
     }
-    let a = &mut s.amqp;
-    for name in [
-        &mut a.commands_exchange,
-        &mut a.commands_queue,
-        &mut a.dead_letter_exchange,
-        &mut a.dead_letter_queue,
-        &mut a.events_exchange,
-    ] {
-        *name = format!("{prefix}.{name}");
-    }
-    s.redis.key_prefix = format!("{prefix}:");
     s.redis.pool_size = 8;
     s.amqp.prefetch = 64;
     s.worker.reconnect_base_ms = 20;

@@ -24,11 +24,7 @@ fn consumers(queue: &str) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitioned_replicas_share_resources_without_overselling() {
-    let mut app = TestApp::with(|s| {
-        s.amqp.partitions = 3;
-        s.amqp.partition_exchange = format!("{}.partitioned", s.amqp.commands_exchange);
-    })
-    .await;
+    let mut app = TestApp::with(|s| s.amqp.partitions = 3).await;
     for _ in 0..3 {
         app.start_worker();
     }
