@@ -31,6 +31,9 @@ pub struct TestApp {
     events: Received,
     workers: Vec<RunningWorker>,
     prefix: String,
+    /// Set by [`TestApp::cleanup`]; a test that panics before it is
+    /// cleaned up on drop.
+    cleaned: bool,
 }
 
 /// Events as parsed and as the exact bytes published.
@@ -112,6 +115,7 @@ impl TestApp {
             events,
             workers: Vec::new(),
             prefix,
+            cleaned: false,
         }
     }
 
@@ -284,6 +288,32 @@ impl TestApp {
     pub async fn cleanup(mut self) {
         self.stop_workers().await;
         cleanup(&self.settings).await;
+        self.cleaned = true;
+    }
+}
+
+impl Drop for TestApp {
+    /// A failing test panics before its `cleanup`: stop its workers (a
+    /// stopped worker never re-declares) and remove its queues, exchanges
+    /// and keys, on a thread and runtime of its own since the test's
+    /// runtime is unwinding.
+    fn drop(&mut self) {
+        if self.cleaned || !std::thread::panicking() {
+            return;
+        }
+        for (token, _) in &self.workers {
+            token.cancel();
+        }
+        let settings = self.settings.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(cleanup(&settings));
+            }
+        })
+        .join();
     }
 }
 
@@ -291,8 +321,10 @@ async fn cleanup(settings: &Settings) {
     if let Ok(connection) =
         reservation_worker::broker::connect(&settings.amqp.url, "test-cleanup").await
     {
-        let channel = connection.create_channel().await.unwrap();
-        reservation_worker::broker::delete_topology(&channel, &settings.amqp).await;
+        if let Ok(channel) = connection.create_channel().await {
+            reservation_worker::broker::delete_topology(&channel, &settings.amqp).await;
+            let _ = channel.close(200, "".into()).await;
+        }
         let _ = connection.close(200, "".into()).await;
     }
     if let Ok(store) = Store::new(&settings.redis, &settings.worker) {
