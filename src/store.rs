@@ -550,7 +550,13 @@ impl Store {
                     }
                 }
                 (CommandKind::Cancel, Some(c), Some(q)) => {
-                    reservations.extend(&event.details.reservation_id);
+                    // A reservation made in this batch is written once, in
+                    // its end state.
+                    if let Some(id) = &event.details.reservation_id
+                        && !reservations.contains(&id)
+                    {
+                        reservations.push(id);
+                    }
                     match released.iter_mut().find(|(r, _)| *r == c) {
                         Some((_, total)) => *total += i64::from(q),
                         None => released.push((c, i64::from(q))),
