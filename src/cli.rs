@@ -1,15 +1,19 @@
-//! The command line: `setup`, `run`, `send`, `inspect`, `status`, `rush`.
+//! The command line: `setup`, `run`, `send`, `inspect`, `status`, `rush`,
+//! `bench`: programs on top of the library.
 
-use crate::broker;
-use crate::config::Settings;
-use crate::domain::{CommandId, CustomerId, ResourceId};
-use crate::message::CommandBody;
-use crate::producer::Producer;
-use crate::rush::{self, RushOptions};
-use crate::store::Store;
-use crate::worker::Worker;
+mod bench;
+mod rush;
+mod status;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use reservation_worker::admin::{self, Store};
+use reservation_worker::config::Settings;
+use reservation_worker::domain::{CommandId, CustomerId, ResourceId};
+use reservation_worker::message::CommandBody;
+use reservation_worker::producer::Producer;
+use reservation_worker::startup::{self, Application};
+use rush::RushOptions;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +60,7 @@ pub enum CliCommand {
     Rush(RushOptions),
     /// Measure throughput and latency against the null-worker and
     /// one-transaction-per-command baselines (see docs/benchmarks.md).
-    Bench(crate::bench::BenchOptions),
+    Bench(bench::BenchOptions),
     /// The bench's baseline replica: consume, publish, ack; no Redis.
     #[command(hide = true)]
     NullWorker {
@@ -128,21 +132,18 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         CliCommand::Setup => setup(&settings).await,
         CliCommand::Run { name } => {
             let name = name.unwrap_or_else(default_worker_name);
-            let store = Store::named(&settings.redis, &settings.worker, Some(&name))?;
-            let http = settings.http.clone();
-            let worker = Worker::new(settings, store, name);
-            let shutdown = crate::shutdown::on_signal();
-            serve_http(&http, worker.health(), &shutdown).await?;
-            worker.run(shutdown).await
+            let app = Application::build(settings, name).await?;
+            app.run_until(reservation_worker::shutdown::on_signal())
+                .await;
+            Ok(())
         }
         CliCommand::Send { command } => send(&settings, command).await,
         CliCommand::Inspect { resource, history } => inspect(&settings, &resource, history).await,
-        CliCommand::Bench(options) => crate::bench::run(&settings, &options).await,
+        CliCommand::Bench(options) => bench::run(&settings, &options).await,
         CliCommand::NullWorker { name } => {
             let name = name.unwrap_or_else(default_worker_name);
-            let shutdown = crate::shutdown::on_signal();
-            serve_http(&settings.http, crate::health::Health::default(), &shutdown).await?;
-            crate::bench::null_worker(&settings, &name, shutdown).await
+            let shutdown = reservation_worker::shutdown::on_signal();
+            bench::null_worker(&settings, &name, shutdown).await
         }
         CliCommand::Rush(options) => {
             let report = rush::run(&settings, &options, CancellationToken::new()).await?;
@@ -150,31 +151,9 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         CliCommand::Status { resource, json } => {
-            crate::status::run(&settings, resource.as_deref(), json).await
+            status::run(&settings, resource.as_deref(), json).await
         }
     }
-}
-
-/// Starts `/healthz`, `/readyz` and `/metrics` when enabled.
-async fn serve_http(
-    http: &crate::config::HttpSettings,
-    health: crate::health::Health,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    if !http.enabled {
-        return Ok(());
-    }
-    let metrics = crate::metrics::install()?;
-    let addr: std::net::SocketAddr = format!("{}:{}", http.bind, http.port)
-        .parse()
-        .context("http.bind / http.port")?;
-    let (bound, _server) = crate::http::serve(addr, health, metrics, shutdown.clone())
-        .await
-        .with_context(|| {
-            format!("binding the HTTP endpoint to {addr} (set http.port / RW_HTTP__PORT)")
-        })?;
-    tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
-    Ok(())
 }
 
 /// The host name (a pod or container name, unique per replica), else the
@@ -190,14 +169,7 @@ fn default_worker_name() -> String {
 
 async fn setup(settings: &Settings) -> anyhow::Result<()> {
     let a = &settings.amqp;
-    let connection = broker::connect(&a.url, "reservation-setup")
-        .await
-        .with_context(|| format!("connecting to {}", redact(&a.url)))?;
-    let channel = connection.create_channel().await?;
-    broker::declare_topology(&channel, a)
-        .await
-        .map_err(|e| broker::explain(e, a))?;
-    connection.close(200, "done".into()).await?;
+    startup::setup(settings).await?;
     println!(
         "declared: exchanges {}, {}, {}; queues {} (quorum, delivery limit {}), {}",
         a.commands_exchange,
@@ -212,7 +184,7 @@ async fn setup(settings: &Settings) -> anyhow::Result<()> {
             "partitioned: {} -> {} (consistent hash) -> {} (single active consumer each); {} unbound",
             a.commands_exchange,
             a.partition_exchange,
-            broker::partition_queues(a).join(", "),
+            admin::partition_queues(a).join(", "),
             a.commands_queue
         );
     }
@@ -260,7 +232,7 @@ async fn send(settings: &Settings, command: SendCommand) -> anyhow::Result<()> {
     };
     let producer = Producer::connect(&settings.amqp)
         .await
-        .with_context(|| format!("connecting to {}", redact(&settings.amqp.url)))?;
+        .with_context(|| format!("connecting to {}", settings.amqp.url))?;
     producer
         .send(&body)
         .await
@@ -272,11 +244,11 @@ async fn send(settings: &Settings, command: SendCommand) -> anyhow::Result<()> {
 
 async fn inspect(settings: &Settings, resource: &str, history: bool) -> anyhow::Result<()> {
     let resource = ResourceId::try_from(resource).context("RESOURCE")?;
-    let store = Store::new(&settings.redis, &settings.worker)?;
+    let store = Store::new(&settings.redis)?;
     let summary = store
         .summary(&resource)
         .await
-        .with_context(|| format!("reading {resource} from {}", redact(&settings.redis.url)))?;
+        .with_context(|| format!("reading {resource} from {}", settings.redis.url))?;
     match summary {
         Some(s) => println!("{}", serde_json::to_string_pretty(&s)?),
         None => anyhow::bail!("resource {resource} is not defined"),
@@ -289,33 +261,9 @@ async fn inspect(settings: &Settings, resource: &str, history: bool) -> anyhow::
     Ok(())
 }
 
-/// A URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redact_hides_passwords() {
-        assert_eq!(
-            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(
-            redact("redis://127.0.0.1:6379/0"),
-            "redis://127.0.0.1:6379/0"
-        );
-    }
 
     #[test]
     fn cli_parses() {
@@ -336,6 +284,23 @@ mod tests {
             cli.command,
             CliCommand::Send {
                 command: SendCommand::Reserve { quantity: 2, .. }
+            }
+        ));
+    }
+
+    #[test]
+    fn cli_parses_status() {
+        let cli = Cli::parse_from(["rw", "status", "--resource", "concert-42", "--json"]);
+        assert!(matches!(
+            cli.command,
+            CliCommand::Status { resource: Some(ref r), json: true } if r == "concert-42"
+        ));
+        let cli = Cli::parse_from(["rw", "status"]);
+        assert!(matches!(
+            cli.command,
+            CliCommand::Status {
+                resource: None,
+                json: false
             }
         ));
     }

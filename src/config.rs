@@ -2,6 +2,10 @@
 //! `--config FILE`, then environment variables (`AMQP_URL`, `REDIS_URL`, and
 //! `RW_<SECTION>__<KEY>` for everything else).
 
+mod secret;
+
+pub use secret::SecretUrl;
+
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
@@ -41,7 +45,7 @@ pub struct HttpSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AmqpSettings {
     /// Broker URL (`AMQP_URL`).
-    pub url: String,
+    pub url: SecretUrl,
     /// Unacked deliveries per worker.
     pub prefetch: u16,
     /// Exchange producers publish commands to.
@@ -73,7 +77,7 @@ pub struct AmqpSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RedisSettings {
     /// Redis URL (`REDIS_URL`).
-    pub url: String,
+    pub url: SecretUrl,
     /// Prefix of every key.
     pub key_prefix: String,
     /// Transaction connections.
@@ -85,7 +89,7 @@ pub struct RedisSettings {
 /// Retry and shutdown behaviour.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct WorkerSettings {
-    /// WATCH/MULTI attempts before a command is requeued.
+    /// WATCH/MULTI attempts before a batch's commands are requeued.
     pub max_commit_attempts: u32,
     /// First conflict backoff.
     pub retry_base_ms: u64,
@@ -118,7 +122,7 @@ pub struct LogSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
-    /// JSON unless stdout is a terminal.
+    /// JSON unless stderr (where logs go) is a terminal.
     Auto,
     /// One JSON object per line.
     Json,
@@ -166,6 +170,32 @@ impl Settings {
         self
     }
 
+    /// The environment that gives a child process exactly these settings:
+    /// `AMQP_URL`, `REDIS_URL` (passwords included) and
+    /// `RW_<SECTION>__<KEY>` for every other key.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("AMQP_URL".to_string(), self.amqp.url.expose().to_string()),
+            ("REDIS_URL".to_string(), self.redis.url.expose().to_string()),
+        ];
+        let tree = serde_json::to_value(self).expect("settings serialise");
+        for (section, keys) in tree.as_object().into_iter().flatten() {
+            for (key, value) in keys.as_object().into_iter().flatten() {
+                let value = match value {
+                    _ if key == "url" => continue,
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => continue,
+                    other => other.to_string(),
+                };
+                env.push((
+                    format!("RW_{}__{}", section.to_uppercase(), key.to_uppercase()),
+                    value,
+                ));
+            }
+        }
+        env
+    }
+
     /// The shipped defaults, ignoring the environment.
     pub fn defaults() -> Settings {
         Figment::from(Toml::string(DEFAULTS))
@@ -189,8 +219,8 @@ mod tests {
     #[test]
     fn defaults_match_the_contract() {
         let s = Settings::defaults();
-        assert_eq!(s.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
-        assert_eq!(s.redis.url, "redis://127.0.0.1:6379/0");
+        assert_eq!(s.amqp.url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.redis.url.expose(), "redis://127.0.0.1:6379/0");
         assert_eq!(s.amqp.commands_queue, "reservations.commands");
         assert_eq!(s.amqp.dead_letter_queue, "reservations.commands.dead");
         assert_eq!(s.redis.idempotency_retention_secs, 7 * 24 * 3600);
@@ -207,8 +237,8 @@ mod tests {
             let s = Settings::load(Some(Path::new("extra.toml"))).map_err(|e| *e)?;
             assert_eq!(s.amqp.prefetch, 7);
             assert_eq!(s.amqp.delivery_limit, 9);
-            assert_eq!(s.amqp.url, "amqp://other/%2f");
-            assert_eq!(s.redis.url, "redis://127.0.0.1:6379/3");
+            assert_eq!(s.amqp.url.expose(), "amqp://other/%2f");
+            assert_eq!(s.redis.url.expose(), "redis://127.0.0.1:6379/3");
             Ok(())
         });
     }
@@ -226,6 +256,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error
+    fn to_env_round_trips_through_the_environment() {
+        Jail::expect_with(|jail| {
+            let mut s = Settings::defaults().under_prefix("t-1");
+            s.amqp.url = SecretUrl::new("amqp://u:secret@h:1/v");
+            s.amqp.prefetch = 3;
+            s.worker.group_commit = false;
+            s.log.format = LogFormat::Json;
+            for (key, value) in s.to_env() {
+                jail.set_env(key, value);
+            }
+            let back = Settings::load(None).map_err(|e| *e)?;
+            assert_eq!(
+                serde_json::to_value(&back).unwrap(),
+                serde_json::to_value(&s).unwrap()
+            );
+            assert_eq!(back.amqp.url.expose(), "amqp://u:secret@h:1/v");
+            Ok(())
+        });
     }
 
     #[test]

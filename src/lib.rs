@@ -9,49 +9,62 @@
 //!
 //! # Layout
 //!
-//! - [`domain`]: the pure core. `decide` and `apply` for one resource, the
-//!   id newtypes, rejection reasons. No I/O.
+//! The path of one delivery reads top to bottom in `src/worker/pipeline.rs`:
+//! `Pipeline::process` decodes it (`message`) and queues it behind its
+//! resource; the lane (`run_lane`, same file) decides it together with the
+//! other waiting commands of that resource (`worker/commit.rs`: load a
+//! snapshot from `store`, decide it with [`domain::decide_batch`], commit
+//! the change set); then `Pipeline::finish` publishes the outcome with a
+//! confirm (`broker`) and settles the delivery. The one function that
+//! chooses ack, requeue, dead-letter or leave is `disposition`, in the same
+//! file.
+//!
+//! Public, for producers, embedders and tools:
+//! - [`domain`]: the pure core. `decide` and `apply` for one command,
+//!   `decide_batch` for a transaction's batch (idempotency included), ids,
+//!   reasons, events. No I/O.
 //! - [`message`]: the wire formats: decoding command bodies (dead-letter vs.
 //!   `invalid`), the canonical body hash, event envelopes.
+//! - [`producer`]: publishing commands from Rust, with confirms.
+//! - [`config`]: layered settings (defaults file, `--config FILE`, env) and
+//!   the URL type that never prints its password.
+//! - [`startup`]: build and run a worker replica (`Application`), and
+//!   `setup`.
+//! - [`admin`]: the topology, connection and store calls that operators'
+//!   tools and the tests use.
 //! - [`schema`]: JSON Schemas of the command and event bodies, generated
 //!   from the wire types (committed under `schema/`).
-//! - [`store`]: Redis: the key layout, the WATCH/MULTI transaction that
-//!   dedupes, decides and commits, and read-side queries.
-//! - [`broker`]: RabbitMQ: connecting, declaring the topology, publishing
-//!   with publisher confirms.
-//! - [`producer`]: the public API for publishing commands from Rust.
-//! - [`worker`]: the consumer loop: one span per delivery, a lane per
-//!   resource for group commit, reconnects, ack only after commit and
-//!   confirm.
-//! - [`settle`]: acks coalesced into `multiple` acks, in delivery-tag order.
-//! - [`health`]: readiness flags the worker keeps current.
-//! - [`http`]: `/healthz`, `/readyz` and `/metrics`.
-//! - [`metrics`]: the name of every metric, and the Prometheus recorder.
-//! - [`config`]: layered settings: defaults file, `--config FILE`, env.
-//! - [`telemetry`]: structured `tracing` logs.
-//! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
-//! - [`rush`]: the ticket-rush load generator and invariant checker.
-//! - [`bench`](mod@bench): throughput and latency against the null-worker and
-//!   one-transaction-per-command baselines.
-//! - [`status`]: `reservation-worker status`: queue depths, consumers and a
-//!   resource's state, for operators.
-//! - [`cli`]: the `reservation-worker` subcommands.
+//! - [`metrics`]: the name of every metric the worker exports, and the
+//!   Prometheus recorder.
+//! - [`telemetry`]: structured `tracing` logs; [`shutdown`]: SIGTERM /
+//!   Ctrl-C as a cancellation token.
+//!
+//! Private, under them (arrows point down):
+//! - `worker`: the consumer: sessions with reconnects, the pipeline of one
+//!   delivery, group-commit lanes, the commit loop.
+//! - `broker`: RabbitMQ: connecting, the topology, publishing with
+//!   confirms, the delivery handle that is settled once, coalesced acks.
+//! - `store`: Redis: the key layout, the WATCH/MULTI transaction that loads
+//!   a snapshot and commits a change set, the read side.
+//! - `http`, `health`: `/healthz`, `/readyz` and `/metrics`, and the
+//!   readiness flags behind them.
+//!
+//! The programs (`reservation-worker setup | run | send | inspect | status
+//! | rush | bench`) are the binary in `src/main.rs` and `src/cli/`.
 
-pub mod bench;
-pub mod broker;
-pub mod cli;
+pub mod admin;
 pub mod config;
 pub mod domain;
-pub mod health;
-pub mod http;
 pub mod message;
 pub mod metrics;
 pub mod producer;
-pub mod rush;
 pub mod schema;
-pub mod settle;
 pub mod shutdown;
-pub mod status;
-pub mod store;
+pub mod startup;
 pub mod telemetry;
-pub mod worker;
+
+mod broker;
+mod health;
+mod http;
+mod store;
+mod worker;

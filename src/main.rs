@@ -1,5 +1,9 @@
+//! `reservation-worker`: the worker and the tools around it (see `cli`).
+
+mod cli;
+
 use clap::Parser;
-use reservation_worker::{cli, config::Settings, telemetry};
+use reservation_worker::{config::Settings, telemetry};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

@@ -6,13 +6,12 @@
 //! `invalid`.
 
 use crate::domain::{
-    Action, Command, CommandId, CommandKind, CustomerId, Event, ResourceId, Verdict,
+    Action, Command, CommandId, CommandKind, CustomerId, Event, Reason, ResourceId, Submission,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 /// Largest body the contract accepts; a larger one is `invalid`.
@@ -24,20 +23,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[error("{0}")]
 pub struct Unreadable(pub String);
 
-/// A decoded delivery: a command (possibly [`Action::Invalid`]) and the hash
-/// that identifies its body for idempotency.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decoded {
-    /// The command to decide.
-    pub command: Command,
-    /// SHA-256 of the canonical body (of the raw body for invalid commands),
-    /// hex-encoded. Two deliveries with the same `command_id` are the same
-    /// command exactly when their hashes are equal.
-    pub body_hash: String,
-}
-
-/// Decodes one delivery body.
-pub fn decode(body: &[u8]) -> Result<Decoded, Unreadable> {
+/// Decodes one delivery body into a command (possibly [`Action::Invalid`])
+/// and the hash that identifies its body for idempotency.
+pub fn decode(body: &[u8]) -> Result<Submission, Unreadable> {
     let text = std::str::from_utf8(body)
         .map_err(|e| Unreadable(format!("body is not valid UTF-8: {e}")))?;
     let value: Value =
@@ -70,7 +58,7 @@ pub fn decode(body: &[u8]) -> Result<Decoded, Unreadable> {
         }
         Err(detail) => (Action::Invalid { kind, detail }, sha256_hex(body)),
     };
-    Ok(Decoded {
+    Ok(Submission {
         command: Command {
             command_id,
             resource_id,
@@ -255,18 +243,19 @@ pub struct EventEnvelope {
     pub occurred_at: OffsetDateTime,
 }
 
-/// An event ready to publish, in the exact bytes stored for redeliveries.
+/// An event ready to publish, in the exact bytes stored for redeliveries,
+/// with the fields metrics and routing need kept typed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutgoingEvent {
     /// `message_id` on the wire.
     pub event_id: Uuid,
     /// `correlation_id` on the wire.
     pub command_id: CommandId,
-    /// `<command>.<outcome>`.
-    pub routing_key: String,
-    /// The rejection reason, for metrics.
+    /// The command's kind.
+    pub command: CommandKind,
+    /// The rejection reason; `None` when accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     /// The JSON body.
     #[serde(with = "body_as_raw_json")]
     pub body: Vec<u8>,
@@ -275,14 +264,9 @@ pub struct OutgoingEvent {
 impl OutgoingEvent {
     /// Wraps a freshly decided event in a new envelope.
     pub fn new(event: Event, event_id: Uuid, occurred_at: OffsetDateTime) -> Self {
-        let routing_key = routing_key(&event);
         let command_id = event.command_id.clone();
-        let reason = match &event.verdict {
-            Verdict::Rejected { reason, .. } => serde_json::to_value(reason)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned)),
-            Verdict::Accepted => None,
-        };
+        let command = event.command;
+        let reason = event.verdict.reason();
         let envelope = EventEnvelope {
             event_id,
             event,
@@ -291,35 +275,25 @@ impl OutgoingEvent {
         OutgoingEvent {
             event_id,
             command_id,
-            routing_key,
+            command,
             reason,
             body: serde_json::to_vec(&envelope).expect("plain struct"),
         }
     }
-}
 
-/// The routing key of an event: `<command>.<outcome>`.
-pub fn routing_key(event: &Event) -> String {
-    let outcome = if event.is_accepted() {
-        "accepted"
-    } else {
-        "rejected"
-    };
-    format!("{}.{outcome}", event.command.as_str())
-}
+    /// `accepted` or `rejected`.
+    pub fn outcome(&self) -> &'static str {
+        if self.reason.is_some() {
+            "rejected"
+        } else {
+            "accepted"
+        }
+    }
 
-/// A deterministic event id for outcomes that are not stored (idempotency
-/// conflicts), so redeliveries of the conflicting body still repeat it.
-pub fn derived_event_id(command_id: &CommandId, body_hash: &str) -> Uuid {
-    Uuid::new_v5(
-        &Uuid::NAMESPACE_OID,
-        format!("{command_id}\n{body_hash}").as_bytes(),
-    )
-}
-
-/// Formats a timestamp as the contract does.
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
+    /// The routing key: `<command>.<outcome>`.
+    pub fn routing_key(&self) -> String {
+        format!("{}.{}", self.command.as_str(), self.outcome())
+    }
 }
 
 mod body_as_raw_json {
@@ -343,9 +317,8 @@ mod body_as_raw_json {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Reason;
 
-    fn decoded(body: &str) -> Decoded {
+    fn decoded(body: &str) -> Submission {
         decode(body.as_bytes()).expect("readable")
     }
 
@@ -514,15 +487,15 @@ mod tests {
 
     #[test]
     fn outgoing_event_has_contract_envelope_and_routing_key() {
-        let event = crate::domain::idempotency_conflict(
-            &Default::default(),
-            CommandKind::Reserve,
-            CommandId::try_from("c").unwrap(),
-            ResourceId::try_from("r").unwrap(),
-        );
+        let command = decoded(
+            r#"{"type":"reserve","command_id":"c","resource_id":"r","customer_id":"u","quantity":1}"#,
+        )
+        .command;
+        let event = crate::domain::idempotency_conflict(&Default::default(), &command);
         let id = Uuid::new_v4();
         let out = OutgoingEvent::new(event, id, OffsetDateTime::UNIX_EPOCH);
-        assert_eq!(out.routing_key, "reserve.rejected");
+        assert_eq!(out.routing_key(), "reserve.rejected");
+        assert_eq!(out.reason, Some(Reason::IdempotencyConflict));
         let json: Value = serde_json::from_slice(&out.body).unwrap();
         assert_eq!(json["event_id"], id.to_string());
         assert_eq!(json["occurred_at"], "1970-01-01T00:00:00Z");

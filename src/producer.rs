@@ -1,5 +1,6 @@
-//! The producer API: publish commands with publisher confirms. The `send`
-//! subcommand uses it; Rust producers can call it directly.
+//! The producer API: publish commands with publisher confirms, and watch
+//! their outcome events. The `send` and `rush` subcommands use it; Rust
+//! producers can call it directly.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -18,7 +19,8 @@
 
 use crate::broker::{self, Message, PublishError, Publisher};
 use crate::config::AmqpSettings;
-use crate::message::CommandBody;
+use crate::message::{CommandBody, EventEnvelope};
+use futures_util::StreamExt;
 
 /// A connection to the broker that publishes commands.
 pub struct Producer {
@@ -61,6 +63,75 @@ impl Producer {
     }
 
     /// Closes the connection cleanly.
+    pub async fn close(self) -> Result<(), lapin::Error> {
+        self.connection.close(200, "bye".into()).await
+    }
+}
+
+/// Outcome events as they are published, through a private queue bound to
+/// every routing key of the events exchange, which the broker deletes when
+/// this subscription's connection closes. Subscribe before publishing the
+/// commands whose outcomes you want: none is missed after that.
+pub struct Events {
+    connection: lapin::Connection,
+    consumer: lapin::Consumer,
+}
+
+/// One event as received.
+#[derive(Debug, Clone)]
+pub struct ReceivedEvent {
+    /// The body's exact bytes.
+    pub body: Vec<u8>,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Its `message_id` property (the event id).
+    pub message_id: Option<String>,
+    /// Its `correlation_id` property (the command id).
+    pub correlation_id: Option<String>,
+}
+
+impl ReceivedEvent {
+    /// The body, parsed.
+    pub fn envelope(&self) -> Result<EventEnvelope, serde_json::Error> {
+        serde_json::from_slice(&self.body)
+    }
+}
+
+impl Events {
+    /// Subscribes, with a connection named `name`.
+    pub async fn subscribe(settings: &AmqpSettings, name: &str) -> Result<Events, lapin::Error> {
+        let connection = broker::connect(&settings.url, name).await?;
+        let channel = connection.create_channel().await?;
+        let consumer = broker::subscribe_to_events(&channel, settings, name).await?;
+        Ok(Events {
+            connection,
+            consumer,
+        })
+    }
+
+    /// The next event; `None` when the subscription ended.
+    pub async fn next(&mut self) -> Option<Result<ReceivedEvent, lapin::Error>> {
+        let delivery = match self.consumer.next().await? {
+            Ok(delivery) => delivery,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok(ReceivedEvent {
+            routing_key: delivery.routing_key.to_string(),
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string()),
+            correlation_id: delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.to_string()),
+            body: delivery.data,
+        }))
+    }
+
+    /// Closes the subscription (its queue goes with it).
     pub async fn close(self) -> Result<(), lapin::Error> {
         self.connection.close(200, "bye".into()).await
     }

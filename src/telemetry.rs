@@ -31,3 +31,15 @@ pub fn init(settings: &LogSettings) {
     // A second init (tests) keeps the first subscriber.
     let _ = result;
 }
+
+/// An error and its causes, joined by ": ", for logs and messages.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

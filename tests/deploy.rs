@@ -6,8 +6,6 @@
 //!
 //! No cluster or Docker engine is needed: these are static checks.
 
-use clap::CommandFactory;
-use reservation_worker::cli::Cli;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -102,20 +100,45 @@ fn default_grace_secs() -> i64 {
         .expect("worker.shutdown_grace_secs")
 }
 
-/// Environment variables the binary's command line reads (`env = ...`).
+/// Environment variables the binary's command line reads (`env = ...`),
+/// as its `--help` of every subcommand lists them (`[env: NAME=...]`).
 fn cli_env_vars() -> BTreeSet<String> {
-    fn walk(cmd: &clap::Command, out: &mut BTreeSet<String>) {
-        for arg in cmd.get_arguments() {
-            if let Some(env) = arg.get_env() {
-                out.insert(env.to_string_lossy().into_owned());
-            }
+    fn help(args: &[String]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_reservation-worker"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .expect("run the binary");
+        assert!(out.status.success(), "{args:?} --help: {out:?}");
+        String::from_utf8(out.stdout).expect("UTF-8 help")
+    }
+    fn walk(args: Vec<String>, out: &mut BTreeSet<String>) {
+        let text = help(&args);
+        for part in text.split("[env: ").skip(1) {
+            let name = part.split(['=', ']']).next().unwrap_or_default();
+            out.insert(name.to_string());
         }
-        for sub in cmd.get_subcommands() {
-            walk(sub, out);
+        let commands = text
+            .split_once("Commands:\n")
+            .map(|(_, rest)| rest.split("\n\n").next().unwrap_or_default())
+            .unwrap_or_default();
+        for line in commands.lines() {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            if name != "help" {
+                let mut sub = args.clone();
+                sub.push(name.to_string());
+                walk(sub, out);
+            }
         }
     }
     let mut out = BTreeSet::new();
-    walk(&Cli::command(), &mut out);
+    walk(Vec::new(), &mut out);
+    assert!(
+        out.contains("RW_CONFIG"),
+        "the walk reads the help: {out:?}"
+    );
     out
 }
 

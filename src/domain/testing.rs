@@ -1,9 +1,9 @@
 //! A small given / when / then harness for `decide` and `apply`.
 
-use super::{
-    Action, Command, CommandId, CustomerId, Event, Reason, ResourceId, State, Verdict, apply,
-    decide,
-};
+use super::command::{Action, Command};
+use super::event::{Event, Reason, Verdict};
+use super::ids::{CommandId, CustomerId, ResourceId};
+use super::resource::{State, apply, decide};
 
 /// A command against resource `r`.
 fn command(id: &str, action: Action) -> Command {

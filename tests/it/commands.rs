@@ -273,11 +273,10 @@ async fn events_carry_the_contract_properties() {
 #[tokio::test]
 async fn setup_is_idempotent() {
     let app = TestApp::new().await;
-    let channel = app.connection.create_channel().await.unwrap();
-    reservation_worker::broker::declare_topology(&channel, &app.settings.amqp)
+    reservation_worker::startup::setup(&app.settings)
         .await
         .unwrap();
-    reservation_worker::broker::declare_topology(&channel, &app.settings.amqp)
+    reservation_worker::startup::setup(&app.settings)
         .await
         .unwrap();
     app.cleanup().await;
@@ -305,7 +304,7 @@ async fn a_batch_leaves_holdings_and_reservations_as_its_history_says() {
         reserve("r5", "club", "d", 1),
         reserve("r7", "club", "a", 1),
     ]);
-    app.store.execute(&club, &first).await.unwrap();
+    app.commit(&club, &first).await;
     let second = batch(&[
         cancel("c1", "club", "r1"),    // a only cancels
         reserve("r3", "club", "b", 1), // b reserves ...
@@ -315,7 +314,7 @@ async fn a_batch_leaves_holdings_and_reservations_as_its_history_says() {
         reserve("r6", "club", "d", 4), // d goes over the limit: rejected
         cancel("c4", "club", "r1"),    // already cancelled
     ]);
-    let outcomes = app.store.execute(&club, &second).await.unwrap();
+    let outcomes = app.commit(&club, &second).await;
     assert_eq!(outcomes.len(), second.len());
 
     // The same command twice, and a reused id twice, in one batch: each
@@ -326,12 +325,12 @@ async fn a_batch_leaves_holdings_and_reservations_as_its_history_says() {
         reserve("r5", "club", "x", 1),
         reserve("r5", "club", "x", 1),
     ]);
-    let outcomes = app.store.execute(&club, &third).await.unwrap();
+    let outcomes = app.commit(&club, &third).await;
     let events: Vec<_> = outcomes.iter().map(|o| o.event().clone()).collect();
     assert_eq!(events[0], events[1]);
-    assert_eq!(events[0].routing_key, "reserve.accepted");
+    assert_eq!(events[0].routing_key(), "reserve.accepted");
     assert_eq!(events[2], events[3]);
-    assert_eq!(events[2].reason.as_deref(), Some("idempotency_conflict"));
+    assert_eq!(events[2].reason, Some(Reason::IdempotencyConflict));
 
     let history = app.store.history(&club).await.unwrap();
     assert_eq!(history.len(), first.len() + second.len() + 1);
@@ -358,16 +357,19 @@ async fn a_batch_leaves_holdings_and_reservations_as_its_history_says() {
 
     // A cancel in a later batch sees the reservations the batch wrote.
     let fourth = batch(&[cancel("c5", "club", "r3"), cancel("c6", "club", "r4")]);
-    let outcomes = app.store.execute(&club, &fourth).await.unwrap();
+    let outcomes = app.commit(&club, &fourth).await;
     let results: Vec<_> = outcomes
         .iter()
-        .map(|o| (o.event().routing_key.as_str(), o.event().reason.as_deref()))
+        .map(|o| (o.event().routing_key(), o.event().reason))
         .collect();
     assert_eq!(
         results,
         [
-            ("cancel.accepted", None),
-            ("cancel.rejected", Some("already_cancelled"))
+            ("cancel.accepted".to_string(), None),
+            (
+                "cancel.rejected".to_string(),
+                Some(Reason::AlreadyCancelled)
+            )
         ]
     );
     assert_eq!(

@@ -35,10 +35,8 @@ async fn a_worker_killed_between_commit_and_ack_causes_no_double_booking() {
     let delivery = consumer.next().await.unwrap().unwrap();
     let decoded = message::decode(&delivery.data).unwrap();
     let outcomes = app
-        .store
-        .execute(&decoded.command.resource_id, std::slice::from_ref(&decoded))
-        .await
-        .unwrap();
+        .commit(&decoded.command.resource_id, std::slice::from_ref(&decoded))
+        .await;
     let committed = outcomes[0].event().clone();
     // The "crash": the channel goes away with the delivery unacked.
     channel.close(200, "crash".into()).await.unwrap();

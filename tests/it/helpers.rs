@@ -5,17 +5,16 @@
 //! tasks in this process, each with its own broker connection and Redis pool,
 //! exactly as separate replicas would.
 
-use futures_util::StreamExt;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use reservation_worker::config::Settings;
-use reservation_worker::domain::{CommandId, CustomerId, ResourceId};
-use reservation_worker::message::{CommandBody, EventEnvelope};
-use reservation_worker::producer::Producer;
-use reservation_worker::store::Store;
-use reservation_worker::worker::Worker;
+use reservation_worker::admin::{self, Store};
+use reservation_worker::config::{SecretUrl, Settings};
+use reservation_worker::domain::{CommandId, CustomerId, Outcome, ResourceId, Submission};
+use reservation_worker::message::{CommandBody, EventEnvelope, OutgoingEvent};
+use reservation_worker::producer::{Events, Producer, ReceivedEvent};
+use reservation_worker::startup::{self, Application};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +28,11 @@ pub struct TestApp {
     pub producer: Producer,
     pub connection: lapin::Connection,
     events: Received,
+    /// Contract violations seen on the events; any fails the test at its
+    /// next look at the events.
+    violations: Arc<Mutex<Vec<String>>>,
+    /// Stops the events listener.
+    listening: CancellationToken,
     workers: Vec<RunningWorker>,
     prefix: String,
     /// Set by [`TestApp::cleanup`]; a test that panics before it is
@@ -40,7 +44,47 @@ pub struct TestApp {
 type Received = Arc<Mutex<Vec<(EventEnvelope, Vec<u8>)>>>;
 
 /// A worker task and the token that stops it.
-type RunningWorker = (CancellationToken, JoinHandle<anyhow::Result<()>>);
+type RunningWorker = (CancellationToken, JoinHandle<()>);
+
+/// Logs of in-process workers go to the test's captured output, which the
+/// test harness prints only when the test fails. `TEST_LOG` sets the filter
+/// (default `info`).
+fn init_test_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// The contract's checks on every published event: the body is an event
+/// envelope, `message_id` is its `event_id`, and the routing key is
+/// `<command>.<outcome>`.
+fn check_contract(e: &ReceivedEvent) -> Result<EventEnvelope, String> {
+    let envelope = e.envelope().map_err(|err| {
+        format!(
+            "an event body is not contract JSON ({err}): {}",
+            String::from_utf8_lossy(&e.body)
+        )
+    })?;
+    if e.message_id.as_deref() != Some(envelope.event_id.to_string().as_str()) {
+        return Err(format!(
+            "message_id {:?} is not the event_id {}",
+            e.message_id, envelope.event_id
+        ));
+    }
+    if e.routing_key != envelope.event.routing_key() {
+        return Err(format!(
+            "routing key {} is not {}",
+            e.routing_key,
+            envelope.event.routing_key()
+        ));
+    }
+    Ok(envelope)
+}
 
 /// Settings with names unique to one test.
 pub fn isolated_settings() -> (Settings, String) {
@@ -48,11 +92,13 @@ pub fn isolated_settings() -> (Settings, String) {
     let prefix = format!("test-{id}");
     let mut s = Settings::defaults().under_prefix(&prefix);
     if let Ok(url) = std::env::var("AMQP_URL") {
-        s.amqp.url = url;
+        s.amqp.url = SecretUrl::new(url);
     }
     if let Ok(url) = std::env::var("REDIS_URL") {
-        s.redis.url = url;
+        s.redis.url = SecretUrl::new(url);
     }
+    // In-process workers share the process: no endpoint each.
+    s.http.enabled = false;
     s.redis.pool_size = 8;
     s.amqp.prefetch = 64;
     s.worker.reconnect_base_ms = 20;
@@ -69,39 +115,52 @@ impl TestApp {
 
     /// Like [`TestApp::new`], with settings adjusted first.
     pub async fn with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        init_test_logs();
         let (mut settings, prefix) = isolated_settings();
         adjust(&mut settings);
-        let connection =
-            reservation_worker::broker::connect(&settings.amqp.url, &format!("{prefix}-test"))
-                .await
-                .expect("RabbitMQ must run on 127.0.0.1:5672 (scripts/services.sh starts it)");
-        let channel = connection.create_channel().await.unwrap();
-        reservation_worker::broker::declare_topology(&channel, &settings.amqp)
+        startup::setup(&settings)
             .await
-            .expect("declare topology");
-        let mut consumer =
-            reservation_worker::broker::subscribe_to_events(&channel, &settings.amqp, "events")
-                .await
-                .unwrap();
+            .expect("RabbitMQ must run on 127.0.0.1:5672 (scripts/services.sh starts it)");
+        let connection = admin::connect(&settings.amqp.url, &format!("{prefix}-test"))
+            .await
+            .expect("connect to RabbitMQ");
+        let mut subscription = Events::subscribe(&settings.amqp, &format!("{prefix}-events"))
+            .await
+            .expect("subscribe to the events");
         let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = events.clone();
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let listening = CancellationToken::new();
+        let (sink, broken, stop) = (events.clone(), violations.clone(), listening.clone());
         tokio::spawn(async move {
-            while let Some(Ok(d)) = consumer.next().await {
-                let envelope: EventEnvelope =
-                    serde_json::from_slice(&d.data).expect("events follow the contract");
-                assert_eq!(
-                    d.properties.message_id().as_ref().map(|m| m.to_string()),
-                    Some(envelope.event_id.to_string()),
-                    "message_id is the event_id"
-                );
-                assert_eq!(
-                    d.routing_key.as_str(),
-                    reservation_worker::message::routing_key(&envelope.event)
-                );
-                sink.lock().unwrap().push((envelope, d.data));
+            loop {
+                let next = tokio::select! {
+                    next = subscription.next() => next,
+                    _ = stop.cancelled() => break,
+                };
+                match next {
+                    Some(Ok(e)) => match check_contract(&e) {
+                        Ok(envelope) => sink.lock().unwrap().push((envelope, e.body)),
+                        Err(violation) => broken.lock().unwrap().push(violation),
+                    },
+                    Some(Err(e)) => {
+                        broken
+                            .lock()
+                            .unwrap()
+                            .push(format!("the events subscription failed: {e}"));
+                        break;
+                    }
+                    None => {
+                        broken
+                            .lock()
+                            .unwrap()
+                            .push("the events subscription ended".into());
+                        break;
+                    }
+                }
             }
+            let _ = subscription.close().await;
         });
-        let store = Store::new(&settings.redis, &settings.worker).unwrap();
+        let store = Store::new(&settings.redis).unwrap();
         store
             .ping()
             .await
@@ -113,19 +172,27 @@ impl TestApp {
             producer,
             connection,
             events,
+            violations,
+            listening,
             workers: Vec::new(),
             prefix,
             cleaned: false,
         }
     }
 
-    /// Starts one more worker replica (its own connections).
+    /// Starts one more worker replica (its own connections), built exactly
+    /// as `reservation-worker run` builds one.
     pub fn start_worker(&mut self) -> usize {
         let token = CancellationToken::new();
         let name = format!("{}-worker-{}", self.prefix, self.workers.len());
-        let store = Store::named(&self.settings.redis, &self.settings.worker, Some(&name)).unwrap();
-        let worker = Worker::new(self.settings.clone(), store, name);
-        let handle = tokio::spawn(worker.run(token.clone()));
+        let (settings, stop) = (self.settings.clone(), token.clone());
+        let handle = tokio::spawn(async move {
+            Application::build(settings, name)
+                .await
+                .expect("build a worker")
+                .run_until(stop)
+                .await
+        });
         self.workers.push((token, handle));
         self.workers.len() - 1
     }
@@ -139,8 +206,7 @@ impl TestApp {
             tokio::time::timeout(DEADLINE, handle)
                 .await
                 .expect("worker drains within the deadline")
-                .unwrap()
-                .unwrap();
+                .expect("the worker task did not panic");
         }
     }
 
@@ -159,8 +225,31 @@ impl TestApp {
             .expect("publish confirmed");
     }
 
+    /// Decides and commits a batch of one resource's commands as a worker
+    /// does (for tests that need batches of their choosing).
+    pub async fn commit(
+        &self,
+        resource: &ResourceId,
+        batch: &[Submission],
+    ) -> Vec<Outcome<OutgoingEvent>> {
+        admin::decide_and_commit(&self.store, resource, batch)
+            .await
+            .expect("redis")
+            .expect("no other writer races this test")
+    }
+
+    /// Fails the test if any published event broke the contract.
+    fn assert_contract_kept(&self) {
+        let violations = self.violations.lock().unwrap();
+        assert!(
+            violations.is_empty(),
+            "published events broke the contract: {violations:#?}"
+        );
+    }
+
     /// Every event received so far.
     pub fn events(&self) -> Vec<EventEnvelope> {
+        self.assert_contract_kept();
         self.events
             .lock()
             .unwrap()
@@ -171,12 +260,14 @@ impl TestApp {
 
     /// How many events arrived so far (cheaper than `events().len()`).
     pub fn event_count(&self) -> usize {
+        self.assert_contract_kept();
         self.events.lock().unwrap().len()
     }
 
     /// Every event received so far, parsed and as the exact bytes, in one
     /// consistent snapshot.
     pub fn received(&self) -> Vec<(EventEnvelope, Vec<u8>)> {
+        self.assert_contract_kept();
         self.events.lock().unwrap().clone()
     }
 
@@ -187,6 +278,7 @@ impl TestApp {
 
     /// Every event received so far, as the exact bytes published.
     pub fn raw_events(&self) -> Vec<Vec<u8>> {
+        self.assert_contract_kept();
         self.events
             .lock()
             .unwrap()
@@ -284,11 +376,14 @@ impl TestApp {
         q.message_count()
     }
 
-    /// Deletes the test's queues, exchanges and keys.
+    /// Deletes the test's queues, exchanges and keys, after checking that
+    /// every event kept the contract.
     pub async fn cleanup(mut self) {
         self.stop_workers().await;
+        self.listening.cancel();
         cleanup(&self.settings).await;
         self.cleaned = true;
+        self.assert_contract_kept();
     }
 }
 
@@ -304,6 +399,7 @@ impl Drop for TestApp {
         for (token, _) in &self.workers {
             token.cancel();
         }
+        self.listening.cancel();
         let settings = self.settings.clone();
         let _ = std::thread::spawn(move || {
             if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -318,16 +414,14 @@ impl Drop for TestApp {
 }
 
 async fn cleanup(settings: &Settings) {
-    if let Ok(connection) =
-        reservation_worker::broker::connect(&settings.amqp.url, "test-cleanup").await
-    {
+    if let Ok(connection) = admin::connect(&settings.amqp.url, "test-cleanup").await {
         if let Ok(channel) = connection.create_channel().await {
-            reservation_worker::broker::delete_topology(&channel, &settings.amqp).await;
+            admin::delete_topology(&channel, &settings.amqp).await;
             let _ = channel.close(200, "".into()).await;
         }
         let _ = connection.close(200, "".into()).await;
     }
-    if let Ok(store) = Store::new(&settings.redis, &settings.worker) {
+    if let Ok(store) = Store::new(&settings.redis) {
         let _ = store.delete_all().await;
     }
 }

@@ -1,19 +1,11 @@
 //! The operations endpoint: /healthz, /readyz and /metrics on a real worker.
 
 use crate::helpers::*;
-use reservation_worker::store::Store;
-use reservation_worker::worker::Worker;
+use crate::process::WorkerProcess;
+use reservation_worker::config::{SecretUrl, Settings};
+use reservation_worker::startup::Application;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use tokio_util::sync::CancellationToken;
-
-/// The process-wide Prometheus recorder (it can be installed only once).
-fn recorder() -> metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| reservation_worker::metrics::install().expect("install the recorder"))
-        .clone()
-}
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,30 +24,34 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Starts a worker for `app`'s settings (or others) with its endpoint on a
-/// free port.
-async fn worker_with_endpoint(
-    settings: reservation_worker::config::Settings,
-) -> (SocketAddr, CancellationToken) {
-    let shutdown = CancellationToken::new();
-    let store = Store::named(&settings.redis, &settings.worker, Some("http-test")).unwrap();
-    let worker = Worker::new(settings, store, "http-test");
-    let (addr, _) = reservation_worker::http::serve(
-        "127.0.0.1:0".parse().unwrap(),
-        worker.health(),
-        recorder(),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(worker.run(shutdown.clone()));
-    (addr, shutdown)
+/// A free port on the loopback interface.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `settings` with the endpoint on a free loopback port.
+fn with_endpoint(mut settings: Settings) -> (Settings, SocketAddr) {
+    let port = free_port();
+    settings.http.enabled = true;
+    settings.http.bind = "127.0.0.1".into();
+    settings.http.port = port;
+    (settings, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 #[tokio::test]
 async fn healthz_readyz_and_metrics_report_a_working_worker() {
     let app = TestApp::new().await;
-    let (addr, shutdown) = worker_with_endpoint(app.settings.clone()).await;
+    // A process of its own, so its /metrics counts only its own work.
+    let (settings, addr) = with_endpoint(app.settings.clone());
+    let mut worker = WorkerProcess::spawn(&settings, &format!("{}-http", app.prefix()));
+    eventually("the endpoint to answer", || async {
+        tokio::net::TcpStream::connect(addr).await.ok()
+    })
+    .await;
 
     assert_eq!(get(addr, "/healthz").await, (200, "ok\n".into()));
     let body = eventually("the worker to be ready", || async {
@@ -80,17 +76,19 @@ async fn healthz_readyz_and_metrics_report_a_working_worker() {
     })
     .await;
     for name in [
-        "reservation_commands_total{command=\"define\",outcome=\"accepted\"}",
-        "reservation_commits_total",
+        "reservation_commands_total{command=\"define\",outcome=\"accepted\"} 1\n",
+        "reservation_commands_total{command=\"reserve\",outcome=\"rejected\"} 1\n",
+        "reservation_rejections_total{reason=\"sold_out\"} 1\n",
+        "reservation_commits_total 2\n",
         "reservation_batch_size_bucket",
         "reservation_commit_seconds_bucket",
         "reservation_process_seconds_bucket",
         "reservation_in_flight",
-        "reservation_ready 1",
+        "reservation_ready 1\n",
     ] {
-        assert!(metrics.contains(name), "/metrics has {name}");
+        assert!(metrics.contains(name), "/metrics has {name}:\n{metrics}");
     }
-    shutdown.cancel();
+    assert!(worker.terminate().await.success());
     app.cleanup().await;
 }
 
@@ -98,9 +96,15 @@ async fn healthz_readyz_and_metrics_report_a_working_worker() {
 async fn readyz_says_which_dependency_is_down() {
     let (mut settings, _) = isolated_settings();
     // Nothing listens on port 1.
-    settings.redis.url = "redis://127.0.0.1:1/0".into();
-    settings.amqp.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
-    let (addr, shutdown) = worker_with_endpoint(settings).await;
+    settings.redis.url = SecretUrl::new("redis://127.0.0.1:1/0");
+    settings.amqp.url = SecretUrl::new("amqp://guest:guest@127.0.0.1:1/%2f");
+    settings.http.enabled = true;
+    settings.http.bind = "127.0.0.1".into();
+    settings.http.port = 0;
+    let app = Application::build(settings, "http-test").await.unwrap();
+    let addr = app.http_addr().expect("the endpoint is enabled");
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(app.run_until(shutdown.clone()));
     assert_eq!(
         get(addr, "/healthz").await.0,
         200,
@@ -114,4 +118,5 @@ async fn readyz_says_which_dependency_is_down() {
     .await;
     assert!(body.contains("consuming: down"));
     shutdown.cancel();
+    running.await.unwrap();
 }

@@ -9,5 +9,8 @@ mod faults;
 mod helpers;
 mod http;
 mod partitions;
+// The rush's traffic generator, shared with the binary.
+#[path = "../../src/cli/rush/plan.rs"]
+mod plan;
 mod process;
 mod proxy;

@@ -71,7 +71,7 @@ async fn partitioned_replicas_share_resources_without_overselling() {
         assert_eq!(s.reserved, 20);
     }
 
-    let partitions = reservation_worker::broker::partition_queues(&app.settings.amqp);
+    let partitions = reservation_worker::admin::partition_queues(&app.settings.amqp);
     assert_eq!(partitions.len(), 3);
     for q in &partitions {
         assert_eq!(

@@ -20,6 +20,8 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts `reservation-worker run --name NAME` with `settings`. Its
     /// stdout and stderr are appended to `<CARGO_TARGET_TMPDIR>/faults/NAME.log`.
+    /// Its health endpoint, if enabled, takes any free port unless the
+    /// settings name one.
     pub fn spawn(settings: &Settings, name: &str) -> WorkerProcess {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("faults");
         std::fs::create_dir_all(&dir).unwrap();
@@ -35,7 +37,7 @@ impl WorkerProcess {
             .args(["run", "--name", name])
             // Only what the test decides: no stray RW_* from the caller.
             .env_clear()
-            .envs(settings_env(settings))
+            .envs(settings.to_env())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -128,34 +130,4 @@ impl Drop for WorkerProcess {
             self.kill();
         }
     }
-}
-
-/// The environment that gives a worker process exactly `settings`:
-/// `AMQP_URL`, `REDIS_URL` and `RW_<SECTION>__<KEY>` for every other key.
-pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("AMQP_URL".to_string(), settings.amqp.url.clone()),
-        ("REDIS_URL".to_string(), settings.redis.url.clone()),
-    ];
-    let tree = serde_json::to_value(settings).unwrap();
-    for (section, keys) in tree.as_object().unwrap() {
-        for (key, value) in keys.as_object().into_iter().flatten() {
-            if key == "url" {
-                continue;
-            }
-            let value = match value {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Null => continue,
-                other => other.to_string(),
-            };
-            env.push((
-                format!("RW_{}__{}", section.to_uppercase(), key.to_uppercase()),
-                value,
-            ));
-        }
-    }
-    // Several processes on one machine: let each pick a free port for its
-    // health endpoint, if it has one.
-    env.push(("RW_HTTP__PORT".to_string(), "0".to_string()));
-    env
 }

@@ -11,6 +11,7 @@
 //! worker the confirm is always recorded first; an ack that arrives while
 //! its confirm is still held back here (a stall) is a violation.
 
+use reservation_worker::config::SecretUrl;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -151,7 +152,8 @@ impl Proxy {
     }
 
     /// `url` (an AMQP URL) pointed at this proxy instead of its own host.
-    pub fn url(&self, url: &str) -> String {
+    pub fn url(&self, url: &SecretUrl) -> SecretUrl {
+        let url = url.expose();
         let (scheme, rest) = url.split_once("://").expect("a URL");
         let end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, path) = rest.split_at(end);
@@ -159,7 +161,7 @@ impl Proxy {
             .rsplit_once('@')
             .map(|(u, _)| format!("{u}@"))
             .unwrap_or_default();
-        format!("{scheme}://{userinfo}{}{path}", self.addr)
+        SecretUrl::new(format!("{scheme}://{userinfo}{}{path}", self.addr))
     }
 
     /// Delays the broker's bytes by about `latency` (a slow network): each

@@ -2,55 +2,22 @@
 //! reserve commands (with duplicates), collect every outcome event and check
 //! the contract's invariants against the events and Redis.
 
-use crate::broker::{self, Message, Publisher};
-use crate::config::Settings;
-use crate::domain::{CommandId, CustomerId, Reason, ResourceId, Verdict};
-use crate::message::{CommandBody, EventEnvelope};
-use crate::store::{Store, Summary};
+mod plan;
+
+pub use plan::{RushOptions, generate};
+
 use anyhow::Context as _;
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use reservation_worker::admin::{self, Message, Publisher, Store, Summary};
+use reservation_worker::config::Settings;
+use reservation_worker::domain::{CommandId, ResourceId, Verdict};
+use reservation_worker::message::{CommandBody, EventEnvelope};
+use reservation_worker::producer::Events;
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-/// What to fire.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RushOptions {
-    /// The resource to sell (default: a new `rush-<time>` id).
-    #[arg(long)]
-    pub resource: Option<String>,
-    /// Reserve commands to publish, duplicates included.
-    #[arg(long, default_value_t = 20_000)]
-    pub commands: usize,
-    /// Seats on sale.
-    #[arg(long, default_value_t = 1_000)]
-    pub capacity: u32,
-    /// Most seats per customer (0 for no limit).
-    #[arg(long, default_value_t = 4)]
-    pub limit: u32,
-    /// Distinct customers.
-    #[arg(long, default_value_t = 5_000)]
-    pub customers: usize,
-    /// Seats per reserve, from 1 to this.
-    #[arg(long, default_value_t = 2)]
-    pub max_quantity: u32,
-    /// Share of publishes that repeat an earlier command (0.0 to 0.9).
-    #[arg(long, default_value_t = 0.1)]
-    pub duplicates: f64,
-    /// Seed for the generated traffic.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Give up waiting for outcomes after this many seconds.
-    #[arg(long, default_value_t = 300)]
-    pub timeout_secs: u64,
-    /// Publishes awaiting their confirm at once.
-    #[arg(long, default_value_t = 256)]
-    pub in_flight: usize,
-}
 
 /// What the rush saw.
 #[derive(Debug, Default)]
@@ -185,14 +152,15 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| format!("rush-{}", time::OffsetDateTime::now_utc().unix_timestamp()));
     let resource_id = ResourceId::try_from(resource.clone()).context("--resource")?;
-    let connection = broker::connect(&a.url, "reservation-rush")
+    let connection = admin::connect(&a.url, "reservation-rush")
         .await
-        .with_context(|| format!("connecting to {}", crate::cli::redact(&a.url)))?;
+        .with_context(|| format!("connecting to {}", a.url))?;
     let channel = connection.create_channel().await?;
-    broker::declare_topology(&channel, a).await?;
+    admin::declare_topology(&channel, a).await?;
+    let _ = channel.close(200, "declared".into()).await;
 
     // Listen before publishing so no outcome is missed.
-    let mut events = broker::subscribe_to_events(&channel, a, "rush").await?;
+    let mut events = Events::subscribe(a, "reservation-rush-events").await?;
     let publisher = Publisher::open(&connection, a.confirm_timeout()).await?;
 
     let define_id = CommandId::try_from(format!("{resource}-define"))?;
@@ -278,7 +246,10 @@ pub async fn run(
                             u64::from(envelope.event.details.quantity.unwrap_or(0));
                     }
                     Verdict::Rejected { reason, .. } => {
-                        *report.rejected.entry(reason_name(*reason)).or_default() += 1;
+                        *report
+                            .rejected
+                            .entry(reason.as_str().to_string())
+                            .or_default() += 1;
                     }
                 }
                 seen.insert(envelope.event.command_id.clone(), canonical);
@@ -293,7 +264,7 @@ pub async fn run(
         .context("publisher task")?
         .context("publishing commands")?;
 
-    let store = Store::new(&settings.redis, &settings.worker)?;
+    let store = Store::new(&settings.redis)?;
     report.summary = store.summary(&resource_id).await?;
     report.max_held = store
         .holdings(&resource_id)
@@ -301,6 +272,7 @@ pub async fn run(
         .into_values()
         .max()
         .unwrap_or(0);
+    let _ = events.close().await;
     let _ = connection.close(200, "rush done".into()).await;
     report.print();
     Ok(report)
@@ -320,7 +292,7 @@ async fn publish(publisher: &Publisher, exchange: &str, body: &CommandBody) -> a
 }
 
 async fn next_event(
-    events: &mut lapin::Consumer,
+    events: &mut Events,
     deadline: Instant,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Option<EventEnvelope>> {
@@ -328,46 +300,12 @@ async fn next_event(
         next = tokio::time::timeout_at(deadline.into(), events.next()) => match next {
             Err(_) => Ok(None),
             Ok(None) => anyhow::bail!("the events consumer ended"),
-            Ok(Some(delivery)) => {
-                let delivery = delivery?;
-                Ok(Some(serde_json::from_slice(&delivery.data).context("an event that is not contract JSON")?))
+            Ok(Some(event)) => {
+                Ok(Some(event?.envelope().context("an event that is not contract JSON")?))
             }
         },
         _ = cancel.cancelled() => Ok(None),
     }
-}
-
-/// The reserve commands: `distinct` fresh ones, then duplicates of earlier
-/// ones mixed in at random positions. Deterministic for a seed.
-pub fn generate(resource: &ResourceId, o: &RushOptions) -> Vec<CommandBody> {
-    let mut rng = StdRng::seed_from_u64(o.seed);
-    let duplicates = ((o.commands as f64) * o.duplicates.clamp(0.0, 0.9)).round() as usize;
-    let distinct = o.commands - duplicates;
-    let mut bodies: Vec<CommandBody> = (0..distinct)
-        .map(|i| CommandBody::Reserve {
-            command_id: CommandId::try_from(format!("{resource}-r{i}")).expect("short id"),
-            resource_id: resource.clone(),
-            customer_id: CustomerId::try_from(format!(
-                "u-{}",
-                rng.random_range(0..o.customers.max(1))
-            ))
-            .expect("short id"),
-            quantity: rng.random_range(1..=o.max_quantity.max(1)),
-        })
-        .collect();
-    for _ in 0..duplicates {
-        let original = bodies[rng.random_range(0..distinct.max(1))].clone();
-        let at = rng.random_range(0..=bodies.len());
-        bodies.insert(at, original);
-    }
-    bodies
-}
-
-fn reason_name(reason: Reason) -> String {
-    serde_json::to_value(reason)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 /// A progress bar on a terminal, a line every two seconds elsewhere.

@@ -5,14 +5,12 @@
 //! [`collect`] asks the servers; [`render_human`] and [`render_json`] are
 //! pure, so the output format is unit-tested without them.
 
-use crate::broker;
-use crate::cli::redact;
-use crate::config::Settings;
-use crate::domain::ResourceId;
-use crate::store::{Store, StoreError, Summary};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ErrorKind};
+use reservation_worker::admin::{self, Store, StoreError, Summary};
+use reservation_worker::config::Settings;
+use reservation_worker::domain::ResourceId;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -105,14 +103,14 @@ pub async fn collect(
     resource: Option<&ResourceId>,
 ) -> Result<StatusReport, StatusError> {
     let a = &settings.amqp;
-    let url = redact(&a.url);
+    let url = a.url.to_string();
     let unreachable = |reason: String| StatusError::BrokerUnreachable {
         url: url.clone(),
         reason,
     };
     let connection = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        broker::connect(&a.url, "reservation-status"),
+        admin::connect(&a.url, "reservation-status"),
     )
     .await
     .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
@@ -131,14 +129,14 @@ pub async fn collect(
     let resource = match resource {
         None => None,
         Some(id) => {
-            let store = Store::new(&settings.redis, &settings.worker)
+            let store = Store::new(&settings.redis)
                 .map_err(|e| StatusError::RedisConfig(format!("{e:#}")))?;
             let state = store
                 .summary(id)
                 .await
                 .map_err(|error| StatusError::Redis {
                     resource: id.clone(),
-                    url: redact(&settings.redis.url),
+                    url: settings.redis.url.to_string(),
                     error,
                 })?;
             Some(ResourceStatus {
@@ -360,32 +358,16 @@ mod tests {
     }
 
     #[test]
-    fn cli_parses_status() {
-        use crate::cli::{Cli, CliCommand};
-        use clap::Parser;
-        let cli = Cli::parse_from(["rw", "status", "--resource", "concert-42", "--json"]);
-        assert!(matches!(
-            cli.command,
-            CliCommand::Status { resource: Some(ref r), json: true } if r == "concert-42"
-        ));
-        let cli = Cli::parse_from(["rw", "status"]);
-        assert!(matches!(
-            cli.command,
-            CliCommand::Status {
-                resource: None,
-                json: false
-            }
-        ));
-    }
-
-    #[test]
     fn errors_say_what_to_do() {
         let missing = StatusError::QueueMissing {
             queue: "reservations.commands".into(),
         };
         assert!(missing.to_string().contains("reservation-worker setup"));
         let down = StatusError::BrokerUnreachable {
-            url: redact("amqp://guest:secret@10.0.0.1:5672/%2f"),
+            url: reservation_worker::config::SecretUrl::new(
+                "amqp://guest:secret@10.0.0.1:5672/%2f",
+            )
+            .to_string(),
             reason: "connection refused".into(),
         };
         assert_eq!(

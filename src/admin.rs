@@ -1,0 +1,11 @@
+//! Operator and tooling access to a deployment, beside the worker itself:
+//! the connection and topology calls that `setup`, `status`, the load
+//! generator, the benchmark and the tests use, and the store's read side.
+//! Everything here goes through the same connection code as the worker.
+
+pub use crate::broker::{
+    Message, PublishError, Publisher, TopologyError, connect, consumed_queues, declare_topology,
+    delete_topology, partition_queues,
+};
+pub use crate::store::{Store, StoreError, Summary};
+pub use crate::worker::decide_and_commit;

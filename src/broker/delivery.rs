@@ -1,0 +1,131 @@
+//! A delivery this worker holds, until it is settled exactly once.
+
+use super::publisher::{Message, PublishError, Publisher};
+use super::settle::{Decision, Settler};
+use crate::metrics as metric;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use std::time::Instant;
+
+/// A command delivery held by this worker. Its settle methods take it by
+/// value, so it is settled at most once; dropped unsettled, it is left for
+/// the broker to redeliver when the channel closes. While it exists it
+/// counts in the in-flight gauge.
+pub struct Delivery {
+    inner: lapin::message::Delivery,
+    settler: Settler,
+    _held: Held,
+}
+
+impl Delivery {
+    /// Takes charge of a delivery from the channel `settler` settles.
+    pub fn new(inner: lapin::message::Delivery, settler: Settler) -> Delivery {
+        Delivery {
+            inner,
+            settler,
+            _held: Held::start(),
+        }
+    }
+
+    /// The message body.
+    pub fn body(&self) -> &[u8] {
+        &self.inner.data
+    }
+
+    /// Earlier deliveries of this message, from the quorum queue's
+    /// `x-delivery-count` header (absent on the first delivery).
+    pub fn earlier_deliveries(&self) -> u32 {
+        let value = self
+            .inner
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-delivery-count").cloned());
+        match value {
+            Some(AMQPValue::LongLongInt(n)) => u32::try_from(n).unwrap_or(u32::MAX),
+            Some(AMQPValue::LongInt(n)) => u32::try_from(n).unwrap_or(u32::MAX),
+            Some(AMQPValue::LongUInt(n)) => n,
+            Some(AMQPValue::ShortInt(n)) => u32::try_from(n).unwrap_or(0),
+            Some(AMQPValue::ShortShortInt(n)) => u32::try_from(n).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Done: the broker may forget it.
+    pub fn ack(self) {
+        self.settler.settle(self.inner.delivery_tag, Decision::Ack);
+    }
+
+    /// Not done: back to the queue for another try (the quorum queue counts
+    /// it toward its delivery limit).
+    pub fn requeue(self) {
+        self.settler
+            .settle(self.inner.delivery_tag, Decision::Requeue);
+    }
+
+    /// Not settled now: the broker redelivers it once the channel closes.
+    pub fn leave(self) {}
+
+    /// Publishes the message to `exchange` with the reason in header
+    /// `x-error` and its original headers, exchange and routing key, then
+    /// acks it. If the publish fails, the delivery comes back with the
+    /// error, still unsettled.
+    pub async fn dead_letter(
+        self,
+        publisher: &Publisher,
+        exchange: &str,
+        why: &str,
+    ) -> Result<(), (Delivery, PublishError)> {
+        let d = &self.inner;
+        let mut headers: FieldTable = d.properties.headers().clone().unwrap_or_default();
+        headers.insert("x-error".into(), text(why));
+        headers.insert("x-original-exchange".into(), text(d.exchange.as_str()));
+        headers.insert(
+            "x-original-routing-key".into(),
+            text(d.routing_key.as_str()),
+        );
+        let published = publisher
+            .publish(Message {
+                exchange,
+                routing_key: d.routing_key.as_str(),
+                body: &d.data,
+                headers: Some(headers),
+                mandatory: true,
+                ..Default::default()
+            })
+            .await;
+        match published {
+            Ok(()) => {
+                self.ack();
+                Ok(())
+            }
+            Err(e) => Err((self, e)),
+        }
+    }
+}
+
+/// A header value holding text.
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// Counts a delivery in the in-flight gauge while it lives, and records its
+/// time in the worker when it goes.
+struct Held {
+    received: Instant,
+}
+
+impl Held {
+    fn start() -> Held {
+        metrics::gauge!(metric::IN_FLIGHT).increment(1.0);
+        Held {
+            received: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        metrics::gauge!(metric::IN_FLIGHT).decrement(1.0);
+        metrics::histogram!(metric::PROCESS_SECONDS).record(self.received.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,161 @@
+//! What the bench runs and what it measures: the options, the workloads
+//! and modes, one run's result, and the statistics over rounds.
+
+use std::time::Duration;
+
+/// Which traffic to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Every command on one resource, capacity for nearly all of them.
+    Hot,
+    /// One resource that sells out early: most commands are rejections.
+    Sellout,
+    /// 10,000 resources, commands spread evenly.
+    Uniform,
+}
+
+/// Which replica to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// The broker-only baseline.
+    Null,
+    /// The worker with group commit.
+    Group,
+    /// The worker with one transaction per command.
+    Naive,
+}
+
+/// Options of `reservation-worker bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchOptions {
+    /// Commands per run (duplicates included).
+    #[arg(long, default_value_t = 100_000)]
+    pub commands: usize,
+    /// Workloads to run.
+    #[arg(long, value_delimiter = ',', default_value = "hot,sellout,uniform")]
+    pub workloads: Vec<Workload>,
+    /// Replica counts to run each workload with.
+    #[arg(long, value_delimiter = ',', default_values_t = [2])]
+    pub replicas: Vec<usize>,
+    /// Also run `hot` with this many replicas (group vs naive, per-replica share).
+    #[arg(long, default_value_t = 4)]
+    pub hot_replicas: usize,
+    /// Modes to run.
+    #[arg(long, value_delimiter = ',', default_value = "null,group,naive")]
+    pub modes: Vec<Mode>,
+    /// Also run each workload in partitioned mode with this many partitions
+    /// (group commit, `--hot-replicas` replicas); 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    pub partitions: u16,
+    /// Prefetch of every replica.
+    #[arg(long, default_value_t = 1000)]
+    pub prefetch: u16,
+    /// Share of commands that repeat an earlier one.
+    #[arg(long, default_value_t = 0.1)]
+    pub duplicates: f64,
+    /// Rounds of the whole throughput plan; the report gives the median of
+    /// each figure and the spread, and ratios paired within a round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// Seconds of paced traffic per latency measurement.
+    #[arg(long, default_value_t = 10)]
+    pub latency_secs: u64,
+    /// Rates to measure latency at, as fractions of the live peak: the `hot`
+    /// rate with the commands published while the replicas consume.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.25")]
+    pub latency_at: Vec<f64>,
+    /// Write the results as Markdown to this file.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Seed for the generated traffic.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+/// One measured run.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub round: u32,
+    pub workload: Workload,
+    pub mode: Mode,
+    pub partitions: u16,
+    pub replicas: usize,
+    pub commands: usize,
+    pub seconds: f64,
+    pub rate: f64,
+    pub commits: f64,
+    pub conflicts: f64,
+    pub per_replica: Vec<f64>,
+    pub peak_rss_kib: Vec<u64>,
+    /// CPU time (user + system) all replicas used, in seconds.
+    pub cpu_seconds: f64,
+    /// Mean commit time and mean receipt-to-ack time inside the workers.
+    pub mean_commit: Duration,
+    pub mean_publish: Duration,
+    pub mean_process: Duration,
+}
+
+/// Publish-to-outcome latency with the commands published while the
+/// replicas consume: paced, or as fast as the bench can publish.
+#[derive(Debug, Clone)]
+pub struct Latency {
+    pub mode: Mode,
+    /// Fraction of the live peak; `None` for the live-peak run itself.
+    pub fraction: Option<f64>,
+    /// Offered rate (paced runs) or achieved outcome rate (live peak).
+    pub rate: f64,
+    pub samples: usize,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+/// The median rate of the runs of one plan entry (without partitions).
+pub fn median_rate(results: &[RunResult], w: Workload, n: usize, m: Mode) -> f64 {
+    let mut rates: Vec<f64> = results
+        .iter()
+        .filter(|r| r.workload == w && r.replicas == n && r.mode == m && r.partitions == 0)
+        .map(|r| r.rate)
+        .collect();
+    median(&mut rates).unwrap_or(0.0)
+}
+
+pub fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// The runs of each plan entry, in plan order, each entry's runs sorted by
+/// rate.
+pub fn by_entry(results: &[RunResult]) -> Vec<Vec<&RunResult>> {
+    let mut entries: Vec<Vec<&RunResult>> = Vec::new();
+    for r in results {
+        let same = |x: &&RunResult| {
+            (x.workload, x.replicas, x.mode, x.partitions)
+                == (r.workload, r.replicas, r.mode, r.partitions)
+        };
+        match entries.iter_mut().find(|e| same(&e[0])) {
+            Some(e) => e.push(r),
+            None => entries.push(vec![r]),
+        }
+    }
+    for e in &mut entries {
+        e.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    }
+    entries
+}
+
+/// `a / b`, 0 when `b` is 0.
+pub fn ratio(a: f64, b: f64) -> f64 {
+    if b == 0.0 { 0.0 } else { a / b }
+}
+
+/// The mean of `count` durations summing to `total_seconds`.
+pub fn mean(total_seconds: f64, count: f64) -> Duration {
+    Duration::from_secs_f64(ratio(total_seconds, count).max(0.0))
+}

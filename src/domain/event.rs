@@ -1,0 +1,147 @@
+//! Outcome events: what became of one command.
+
+use super::command::CommandKind;
+use super::ids::{CommandId, CustomerId, ResourceId};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Why a command was rejected (the contract's `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The resource was never defined.
+    UnknownResource,
+    /// Fewer seats remain than were asked for.
+    SoldOut,
+    /// The customer would hold more than `per_customer_limit`.
+    CustomerLimit,
+    /// No accepted reservation has that id.
+    UnknownReservation,
+    /// The reservation was cancelled before.
+    AlreadyCancelled,
+    /// A define would set capacity below the seats already reserved.
+    CapacityBelowReserved,
+    /// The command is malformed.
+    Invalid,
+    /// The `command_id` was seen before with a different body.
+    IdempotencyConflict,
+}
+
+impl Reason {
+    /// Every reason, for metrics and docs.
+    pub const ALL: [Reason; 8] = [
+        Reason::UnknownResource,
+        Reason::SoldOut,
+        Reason::CustomerLimit,
+        Reason::UnknownReservation,
+        Reason::AlreadyCancelled,
+        Reason::CapacityBelowReserved,
+        Reason::Invalid,
+        Reason::IdempotencyConflict,
+    ];
+
+    /// The wire name, as in the event's `reason` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::UnknownResource => "unknown_resource",
+            Reason::SoldOut => "sold_out",
+            Reason::CustomerLimit => "customer_limit",
+            Reason::UnknownReservation => "unknown_reservation",
+            Reason::AlreadyCancelled => "already_cancelled",
+            Reason::CapacityBelowReserved => "capacity_below_reserved",
+            Reason::Invalid => "invalid",
+            Reason::IdempotencyConflict => "idempotency_conflict",
+        }
+    }
+}
+
+/// The outcome of one command: accepted, or rejected with a reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Verdict {
+    /// The command changed the aggregate.
+    Accepted,
+    /// The command changed nothing.
+    Rejected {
+        /// Machine-readable reason.
+        reason: Reason,
+        /// Human-readable explanation.
+        detail: String,
+    },
+}
+
+impl Verdict {
+    /// The rejection reason, if any.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Verdict::Accepted => None,
+            Verdict::Rejected { reason, .. } => Some(*reason),
+        }
+    }
+
+    /// `accepted` or `rejected`, as in routing keys.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Verdict::Accepted => "accepted",
+            Verdict::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+/// The fields a command carried, echoed in its event so consumers need not
+/// keep the command. For a cancel, `customer_id` and `quantity` are the
+/// cancelled reservation's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Details {
+    /// reserve, cancel
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<CustomerId>,
+    /// reserve, cancel
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<u32>,
+    /// cancel
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation_id: Option<CommandId>,
+    /// define
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+    /// define
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_customer_limit: Option<u32>,
+}
+
+/// The single outcome event of one command.
+///
+/// Serialises to the contract's event fields except the envelope
+/// (`event_id`, `occurred_at`), which the shell adds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    /// The command this is the outcome of.
+    pub command_id: CommandId,
+    /// The command's kind (`command` on the wire).
+    pub command: CommandKind,
+    /// `outcome`, and for rejections `reason` and `detail`.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// The aggregate.
+    pub resource_id: ResourceId,
+    /// The command's own fields.
+    #[serde(flatten)]
+    pub details: Details,
+    /// Capacity minus reserved seats after the command.
+    pub remaining: u32,
+    /// Aggregate version after the command (unchanged by a rejection).
+    pub version: u64,
+}
+
+impl Event {
+    /// Whether the command changed the aggregate.
+    pub fn is_accepted(&self) -> bool {
+        self.verdict == Verdict::Accepted
+    }
+
+    /// The routing key: `<command>.<outcome>`.
+    pub fn routing_key(&self) -> String {
+        format!("{}.{}", self.command.as_str(), self.verdict.outcome())
+    }
+}

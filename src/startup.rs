@@ -1,0 +1,107 @@
+//! Building and running a worker replica: what `reservation-worker run`,
+//! the integration tests and the benchmark's replicas all start, so the
+//! binary that ships is the one that is tested.
+
+use crate::broker;
+use crate::config::Settings;
+use crate::health::Health;
+use crate::store::Store;
+use crate::worker::Worker;
+use anyhow::Context as _;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A worker replica, built and ready to run.
+pub struct Application {
+    worker: Worker,
+    health: Health,
+    http: Option<(SocketAddr, JoinHandle<()>)>,
+    /// Stops the HTTP endpoint once the worker has drained.
+    stop_http: CancellationToken,
+}
+
+impl Application {
+    /// Builds a replica named `name` (its broker connection name and Redis
+    /// client name): the Redis pool, and the HTTP endpoint when
+    /// `http.enabled`, bound now so that a port clash fails here and says
+    /// which port. Connections to the servers are made by [`Self::run_until`].
+    pub async fn build(settings: Settings, name: impl Into<String>) -> anyhow::Result<Application> {
+        let name = name.into();
+        let store = Store::named(&settings.redis, Some(&name))
+            .with_context(|| format!("configuring the Redis client for {}", settings.redis.url))?;
+        let http_settings = settings.http.clone();
+        let worker = Worker::new(settings, store, name);
+        let health = worker.health();
+        let stop_http = CancellationToken::new();
+        let http = if http_settings.enabled {
+            let addr: SocketAddr = format!("{}:{}", http_settings.bind, http_settings.port)
+                .parse()
+                .context("http.bind / http.port")?;
+            let served = crate::http::serve(addr, health.clone(), recorder()?, stop_http.clone())
+                .await
+                .with_context(|| {
+                    format!("binding the HTTP endpoint to {addr} (set http.port / RW_HTTP__PORT)")
+                })?;
+            tracing::info!(bound = %served.0, "serving /healthz, /readyz and /metrics");
+            Some(served)
+        } else {
+            None
+        };
+        Ok(Application {
+            worker,
+            health,
+            http,
+            stop_http,
+        })
+    }
+
+    /// Where `/healthz`, `/readyz` and `/metrics` are served, if enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// Whether the replica is ready (as `/readyz` reports it).
+    pub fn is_ready(&self) -> bool {
+        self.health.is_ready()
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains in-flight commands
+    /// and stops the endpoint.
+    pub async fn run_until(self, shutdown: CancellationToken) {
+        self.worker.run(shutdown).await;
+        self.stop_http.cancel();
+        if let Some((_, server)) = self.http {
+            let _ = server.await;
+        }
+    }
+}
+
+/// The process-wide Prometheus recorder: installed by the first replica
+/// built in this process, shared by the later ones.
+fn recorder() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut installed = HANDLE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(handle) = &*installed {
+        return Ok(handle.clone());
+    }
+    let handle = crate::metrics::install()?;
+    *installed = Some(handle.clone());
+    Ok(handle)
+}
+
+/// Declares the contract's topology on the broker (idempotent): what
+/// `reservation-worker setup` does.
+pub async fn setup(settings: &Settings) -> anyhow::Result<()> {
+    let a = &settings.amqp;
+    let connection = broker::connect(&a.url, "reservation-setup")
+        .await
+        .with_context(|| format!("connecting to {}", a.url))?;
+    let channel = connection.create_channel().await?;
+    broker::declare_topology(&channel, a).await?;
+    let _ = channel.close(200, "done".into()).await;
+    connection.close(200, "done".into()).await?;
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! The life of one delivery, top to bottom, in [`Pipeline::process`]:
+//! decode, decide (together with the other waiting commands of its
+//! resource), publish the outcome and wait for the broker's confirm, then
+//! settle. How a delivery ends is chosen in one place, [`disposition`].
+//!
+//! A delivery is acked only after its outcome is both committed and
+//! confirmed; any failure before that leaves it unacked, so the broker
+//! redelivers it and the idempotency record turns the redelivery into a
+//! re-publish of the same event.
+
+use super::commit::decide_and_commit;
+use super::lanes::Lanes;
+use super::retry::{backoff, full_jitter};
+use crate::broker::{Delivery, Message, PublishError, Publisher};
+use crate::config::Settings;
+use crate::domain::{Outcome, ResourceId, Submission};
+use crate::health::Health;
+use crate::message::{self, OutgoingEvent, Unreadable};
+use crate::metrics as metric;
+use crate::store::{Store, StoreError};
+use crate::telemetry::chain;
+use futures_util::future::join_all;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, Span, debug, info, warn};
+
+/// What one broker session's delivery tasks share.
+pub(super) struct Pipeline {
+    settings: Arc<Settings>,
+    store: Store,
+    health: Health,
+    publisher: Publisher,
+    lanes: Lanes<Pending>,
+    /// The session's delivery and lane tasks.
+    tracker: TaskTracker,
+    /// Cancelled when in-flight work must stop waiting: the session died,
+    /// or the shutdown grace period ran out.
+    abandon: CancellationToken,
+    /// Cancelled by a task that finds the publishing channel dead.
+    broken: CancellationToken,
+}
+
+/// A delivery whose command waits for its decision.
+struct Pending {
+    delivery: Delivery,
+    /// The delivery's span, for the part that runs after the decision.
+    span: Span,
+}
+
+/// A command's decision: its outcome, or why there is none.
+type Decided = Result<Outcome<OutgoingEvent>, Failure>;
+
+/// Why a delivery is not done.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Failure {
+    /// The body names no command.
+    #[error("unreadable command: {0}")]
+    Unreadable(#[from] Unreadable),
+    /// Redis refused, or holds data this worker cannot read.
+    #[error("could not commit")]
+    Store(#[source] StoreError),
+    /// Other writers won every optimistic attempt.
+    #[error("gave up after {0} WATCH conflicts")]
+    Contention(u32),
+    /// The outcome was not confirmed after every attempt.
+    #[error("could not publish the outcome")]
+    Publish(#[source] PublishError),
+    /// The session is going away, or the grace period ran out.
+    #[error("abandoned: the broker session ended or the grace period ran out")]
+    Abandoned,
+}
+
+/// How a delivery ends.
+#[derive(Debug)]
+pub(super) enum Disposition {
+    /// Done: its outcome is committed and confirmed.
+    Ack,
+    /// Not done: back to the queue for another try.
+    Requeue(Failure),
+    /// It can never be processed: to the dead-letter queue, with why.
+    DeadLetter {
+        /// The `cause` label of the dead-letter metric.
+        cause: &'static str,
+        /// The `x-error` header.
+        why: String,
+    },
+    /// The session is going away: the broker redelivers it.
+    Leave,
+}
+
+/// How a delivery ends, given how its processing went and how often the
+/// broker delivered it before.
+pub(super) fn disposition(
+    result: Result<(), Failure>,
+    earlier_deliveries: u32,
+    delivery_limit: u32,
+) -> Disposition {
+    match result {
+        Ok(()) => Disposition::Ack,
+        Err(Failure::Abandoned) => Disposition::Leave,
+        Err(Failure::Unreadable(why)) => Disposition::DeadLetter {
+            cause: "unreadable",
+            why: why.0,
+        },
+        Err(failure) => {
+            let deliveries = earlier_deliveries.saturating_add(1);
+            if deliveries >= delivery_limit {
+                // The queue's own delivery limit would drop the reason:
+                // dead-letter it here, with the error in `x-error`.
+                Disposition::DeadLetter {
+                    cause: "delivery_limit",
+                    why: format!(
+                        "failed {deliveries} deliveries; last error: {}",
+                        chain(&failure)
+                    ),
+                }
+            } else {
+                Disposition::Requeue(failure)
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    /// A pipeline for one session; its tasks run on `tracker`.
+    pub(super) fn new(
+        settings: Arc<Settings>,
+        store: Store,
+        health: Health,
+        publisher: Publisher,
+        tracker: TaskTracker,
+    ) -> Pipeline {
+        Pipeline {
+            settings,
+            store,
+            health,
+            publisher,
+            lanes: Lanes::default(),
+            tracker,
+            abandon: CancellationToken::new(),
+            broken: CancellationToken::new(),
+        }
+    }
+
+    /// Cancelled when a publish finds the publishing channel dead: the
+    /// session must end.
+    pub(super) fn broken(&self) -> &CancellationToken {
+        &self.broken
+    }
+
+    /// Makes every task stop waiting: what is unsettled is left for
+    /// redelivery.
+    pub(super) fn abandon(&self) {
+        self.abandon.cancel();
+    }
+
+    /// One delivery, from receipt to settlement, part one: decoded and
+    /// queued for its decision now, in the order the broker delivered it,
+    /// so the commands of one resource are decided in that order. Once
+    /// decided (in its lane, with its batch), it goes on in [`Self::finish`].
+    pub(super) fn process(self: &Arc<Self>, delivery: Delivery) {
+        let span = Span::current();
+        match message::decode(delivery.body()) {
+            Ok(submission) => {
+                span.record("command_id", submission.command.command_id.as_str());
+                span.record("resource_id", submission.command.resource_id.as_str());
+                self.queue(submission, Pending { delivery, span });
+            }
+            Err(unreadable) => {
+                let decided = Err(Failure::Unreadable(unreadable));
+                let pending = Pending { delivery, span };
+                self.tracker.spawn(self.clone().finish(pending, decided));
+            }
+        }
+    }
+
+    /// One delivery, part two, once its command is decided: publish the
+    /// outcome and wait for the confirm, choose the delivery's
+    /// [`disposition`], settle it.
+    fn finish(self: Arc<Self>, pending: Pending, decided: Decided) -> impl Future<Output = ()> {
+        let Pending { delivery, span } = pending;
+        async move {
+            let published = match decided {
+                Ok(outcome) => {
+                    record_outcome(&outcome);
+                    self.publish_event(outcome.event()).await
+                }
+                Err(failure) => Err(failure),
+            };
+            let limit = self.settings.amqp.delivery_limit;
+            let disposition = disposition(published, delivery.earlier_deliveries(), limit);
+            self.settle(delivery, disposition).await;
+        }
+        .instrument(span)
+    }
+
+    /// Queues a command for its decision: with group commit, behind its
+    /// resource's lane (started if none runs), to be decided together with
+    /// whatever else waits there; without, on its own.
+    fn queue(self: &Arc<Self>, submission: Submission, pending: Pending) {
+        let this = self.clone();
+        if !self.settings.worker.group_commit {
+            self.tracker.spawn(async move {
+                let resource = submission.command.resource_id.clone();
+                let decided = this.commit(&resource, &[submission]).await;
+                let decided = decided.map(|mut outcomes| outcomes.remove(0));
+                this.finish(pending, decided).await
+            });
+        } else if let Some(resource) = self.lanes.push(submission, pending) {
+            self.tracker
+                .spawn(async move { this.run_lane(resource).await });
+        }
+    }
+
+    /// Commits batches for one resource until none waits. Each committed
+    /// batch's commands are published and settled together in one task,
+    /// while the lane goes on to its next transaction.
+    async fn run_lane(self: Arc<Self>, resource: ResourceId) {
+        let max = self.settings.worker.max_batch;
+        while let Some(batch) = self
+            .lanes
+            .next_batch(&resource, max, self.abandon.is_cancelled())
+        {
+            let (batch, pending): (Vec<Submission>, Vec<Pending>) = batch.into_iter().unzip();
+            let decided: Vec<Result<_, Failure>> = match self.commit(&resource, &batch).await {
+                Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+                Err(failure) if batch.len() > 1 && !matches!(failure, Failure::Abandoned) => {
+                    // One bad command must not take its batch down with it:
+                    // commit each alone so only the culprit fails.
+                    warn!(error = %chain(&failure), size = batch.len(), "batch failed; committing its commands one by one");
+                    let mut decided = Vec::with_capacity(batch.len());
+                    for submission in &batch {
+                        let alone = self.commit(&resource, std::slice::from_ref(submission));
+                        decided.push(alone.await.map(|mut outcomes| outcomes.remove(0)));
+                    }
+                    decided
+                }
+                Err(failure) => {
+                    let mut decided = vec![Err(failure)];
+                    decided.resize_with(batch.len(), || Err(Failure::Abandoned));
+                    decided
+                }
+            };
+            let finishing = pending
+                .into_iter()
+                .zip(decided)
+                .map(|(p, d)| self.clone().finish(p, d));
+            self.tracker.spawn(join_all(finishing));
+        }
+    }
+
+    /// Commits a batch of one resource's commands, retrying lost WATCH races
+    /// with jittered backoff and waiting out Redis outages in place: an
+    /// outage is no reason to burn the messages' delivery attempts.
+    async fn commit(
+        &self,
+        resource: &ResourceId,
+        batch: &[Submission],
+    ) -> Result<Vec<Outcome<OutgoingEvent>>, Failure> {
+        let w = &self.settings.worker;
+        let max_attempts = w.max_commit_attempts.max(1);
+        let started = Instant::now();
+        let (mut conflicts, mut outages) = (0, 0);
+        metrics::histogram!(metric::BATCH_SIZE).record(batch.len() as f64);
+        loop {
+            let delay = match decide_and_commit(&self.store, resource, batch).await {
+                Ok(Some(outcomes)) => {
+                    metrics::counter!(metric::COMMITS).increment(1);
+                    metrics::histogram!(metric::COMMIT_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    self.health.set_redis(true);
+                    return Ok(outcomes);
+                }
+                Ok(None) => {
+                    metrics::counter!(metric::WATCH_CONFLICTS).increment(1);
+                    conflicts += 1;
+                    if conflicts >= max_attempts {
+                        metrics::counter!(metric::CONTENTION_GIVE_UPS).increment(1);
+                        return Err(Failure::Contention(conflicts));
+                    }
+                    full_jitter(
+                        Duration::from_millis(w.retry_base_ms),
+                        Duration::from_millis(w.retry_max_ms),
+                        conflicts,
+                    )
+                }
+                Err(StoreError::Unavailable(e)) => {
+                    metrics::counter!(metric::REDIS_ERRORS).increment(1);
+                    self.health.set_redis(false);
+                    outages += 1;
+                    let delay = backoff(w.reconnect_base_ms, w.reconnect_max_ms, outages);
+                    warn!(error = %chain(&*e), retry_in_ms = delay.as_millis() as u64, "redis unavailable; retrying");
+                    delay
+                }
+                Err(e) => return Err(Failure::Store(e)),
+            };
+            if !self.pause(delay).await {
+                return Err(Failure::Abandoned);
+            }
+        }
+    }
+
+    /// Sleeps unless the session is abandoned; `false` if it was.
+    async fn pause(&self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = self.abandon.cancelled() => false,
+        }
+    }
+
+    /// Carries out a disposition.
+    async fn settle(&self, delivery: Delivery, disposition: Disposition) {
+        match disposition {
+            Disposition::Ack => delivery.ack(),
+            Disposition::Leave => {
+                debug!("left unacked for redelivery");
+                delivery.leave();
+            }
+            // The rare ways to end are boxed: inline, their state would make
+            // every delivery's future (prefetch of them in flight) twice as
+            // large.
+            Disposition::Requeue(failure) => Box::pin(self.requeue(delivery, &failure)).await,
+            Disposition::DeadLetter { cause, why } => {
+                Box::pin(self.dead_letter(delivery, cause, &why)).await
+            }
+        }
+    }
+
+    /// Moves a delivery to the dead-letter queue, or requeues it if that
+    /// fails.
+    async fn dead_letter(&self, delivery: Delivery, cause: &'static str, why: &str) {
+        {
+            {
+                Span::current().record("outcome", "dead_lettered");
+                warn!(error = %why, cause, "dead-lettering the command");
+                let exchange = &self.settings.amqp.dead_letter_exchange;
+                let dead_lettered = tokio::select! {
+                    result = delivery.dead_letter(&self.publisher, exchange, why) => result,
+                    // Dropped mid-publish: left for redelivery.
+                    _ = self.abandon.cancelled() => return,
+                };
+                match dead_lettered {
+                    Ok(()) => {
+                        metrics::counter!(metric::DEAD_LETTERED, "cause" => cause).increment(1)
+                    }
+                    Err((delivery, e)) => self.requeue(delivery, &Failure::Publish(e)).await,
+                }
+            }
+        }
+    }
+
+    /// Puts a delivery back for another try, after a short pause that keeps
+    /// a failing command from spinning through the queue at full speed.
+    async fn requeue(&self, delivery: Delivery, failure: &Failure) {
+        let deliveries = delivery.earlier_deliveries().saturating_add(1);
+        warn!(error = %chain(failure), deliveries, "command not done; requeueing it");
+        metrics::counter!(metric::REQUEUED).increment(1);
+        let w = &self.settings.worker;
+        if self
+            .pause(backoff(w.reconnect_base_ms, w.reconnect_max_ms, 1))
+            .await
+        {
+            delivery.requeue();
+        }
+    }
+
+    /// Publishes the outcome, retrying in place a few times: a nack, a
+    /// return or a missing confirm is usually brief, and retrying here does
+    /// not spend the command's delivery attempts.
+    async fn publish_event(&self, event: &OutgoingEvent) -> Result<(), Failure> {
+        let amqp = &self.settings.amqp;
+        let w = &self.settings.worker;
+        let event_id = event.event_id.to_string();
+        let routing_key = event.routing_key();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let publish = self.publisher.publish(Message {
+                exchange: &amqp.events_exchange,
+                routing_key: &routing_key,
+                body: &event.body,
+                message_id: Some(&event_id),
+                correlation_id: Some(event.command_id.as_str()),
+                headers: None,
+                mandatory: amqp.mandatory_events,
+            });
+            let started = Instant::now();
+            let result = tokio::select! {
+                result = publish => result,
+                _ = self.abandon.cancelled() => return Err(Failure::Abandoned),
+            };
+            match result {
+                Ok(()) => {
+                    metrics::histogram!(metric::PUBLISH_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    return Ok(());
+                }
+                Err(e) if !self.publisher.is_open() => {
+                    // The channel is gone: only a new session can publish.
+                    self.broken.cancel();
+                    warn!(error = %chain(&e), "publishing channel closed");
+                    return Err(Failure::Abandoned);
+                }
+                Err(e) => {
+                    metrics::counter!(metric::PUBLISH_FAILURES).increment(1);
+                    if attempt >= w.publish_attempts {
+                        return Err(Failure::Publish(e));
+                    }
+                    let delay = backoff(w.reconnect_base_ms, w.reconnect_max_ms, attempt);
+                    warn!(error = %chain(&e), attempt, retry_in_ms = delay.as_millis() as u64, "event not confirmed; publishing again");
+                    if !self.pause(delay).await {
+                        return Err(Failure::Abandoned);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Counts and logs one command's outcome, inside its span.
+fn record_outcome(outcome: &Outcome<OutgoingEvent>) {
+    let event = outcome.event();
+    Span::current().record("outcome", event.routing_key().as_str());
+    match outcome {
+        Outcome::Decided(_) => debug!("decided"),
+        Outcome::Replayed(_) => {
+            metrics::counter!(metric::DUPLICATES).increment(1);
+            info!("duplicate delivery; re-publishing the stored outcome")
+        }
+        Outcome::Conflict(_) => warn!("command_id reused with a different body"),
+    }
+    metrics::counter!(metric::COMMANDS, "command" => event.command.as_str(), "outcome" => event.outcome())
+        .increment(1);
+    if let Some(reason) = event.reason {
+        metrics::counter!(metric::REJECTIONS, "reason" => reason.as_str()).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_that_went_well_is_acked() {
+        assert!(matches!(disposition(Ok(()), 0, 20), Disposition::Ack));
+    }
+
+    #[test]
+    fn an_abandoned_delivery_is_left_for_redelivery() {
+        assert!(matches!(
+            disposition(Err(Failure::Abandoned), 19, 20),
+            Disposition::Leave
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_body_is_dead_lettered_at_once_with_its_reason() {
+        let d = disposition(
+            Err(Failure::Unreadable(Unreadable("not JSON".into()))),
+            0,
+            20,
+        );
+        assert!(
+            matches!(d, Disposition::DeadLetter { cause: "unreadable", ref why } if why == "not JSON")
+        );
+    }
+
+    #[test]
+    fn a_failure_is_requeued_until_the_delivery_limit_then_dead_lettered() {
+        let failure = || Err(Failure::Contention(100));
+        assert!(matches!(
+            disposition(failure(), 0, 20),
+            Disposition::Requeue(_)
+        ));
+        assert!(matches!(
+            disposition(failure(), 18, 20),
+            Disposition::Requeue(_)
+        ));
+        match disposition(failure(), 19, 20) {
+            Disposition::DeadLetter { cause, why } => {
+                assert_eq!(cause, "delivery_limit");
+                assert!(
+                    why.starts_with("failed 20 deliveries; last error:"),
+                    "{why}"
+                );
+            }
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+        assert!(matches!(
+            disposition(failure(), u32::MAX, 20),
+            Disposition::DeadLetter { .. }
+        ));
+    }
+}

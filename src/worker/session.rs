@@ -1,0 +1,245 @@
+//! One broker session: connect, declare the topology, consume and hand
+//! every delivery to the pipeline; on shutdown drain, and in every case
+//! tear down within bounded time.
+
+use super::pipeline::Pipeline;
+use crate::broker::{self, Delivery, Publisher, Settler, TopologyError};
+use crate::config::Settings;
+use crate::health::Health;
+use crate::store::Store;
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{field, info, info_span, warn};
+
+/// Why a session ended other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No connection.
+    #[error("connecting to the broker")]
+    Connect(#[source] lapin::Error),
+    /// The topology could not be declared.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// A channel or its settings were refused.
+    #[error("opening a channel")]
+    Channel(#[source] lapin::Error),
+    /// A queue could not be consumed.
+    #[error("subscribing to {queue}")]
+    Subscribe {
+        /// The queue.
+        queue: String,
+        /// Why.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The delivery stream failed.
+    #[error("consuming")]
+    Consume(#[source] lapin::Error),
+    /// The delivery stream ended.
+    #[error("the broker cancelled the consumer")]
+    Cancelled,
+    /// A publish found the publishing channel closed.
+    #[error("the publishing channel closed")]
+    PublishingChannelClosed,
+}
+
+/// How long each step of tearing a session down may take.
+const TEARDOWN: Duration = Duration::from_secs(5);
+
+/// Finished deliveries allowed to wait behind an unfinished one before they
+/// are acked one by one. Small, so one slow command cannot hold a large part
+/// of the prefetch window hostage (measured: prefetch / 2 let backlogs build
+/// at half the peak rate).
+const ACKS_WAITING_BEHIND_A_GAP: usize = 64;
+
+/// What a session needs from its worker.
+pub struct Replica<'a> {
+    /// All settings.
+    pub settings: &'a Arc<Settings>,
+    /// The Redis side.
+    pub store: &'a Store,
+    /// Readiness flags to keep current.
+    pub health: &'a Health,
+    /// The broker connection name.
+    pub name: &'a str,
+}
+
+/// One connection: declare, consume, dispatch. `Ok` only on shutdown.
+pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(), SessionError> {
+    let Replica {
+        settings,
+        store,
+        health,
+        name,
+    } = replica;
+    let amqp = &settings.amqp;
+    let connection = broker::connect(&amqp.url, name)
+        .await
+        .map_err(SessionError::Connect)?;
+    let setup = connection
+        .create_channel()
+        .await
+        .map_err(SessionError::Channel)?;
+    broker::declare_topology(&setup, amqp).await?;
+    let _ = timeout(TEARDOWN, setup.close(200, "topology declared".into())).await;
+    // Events go out on the consuming connection unless configured
+    // otherwise: a second connection is a second I/O thread, and the
+    // flow-control isolation it buys matters little when every ack waits
+    // for an event's confirm anyway.
+    let publishing = if amqp.separate_publisher_connection {
+        let name = format!("{name}-publisher");
+        Some(
+            broker::connect(&amqp.url, &name)
+                .await
+                .map_err(SessionError::Connect)?,
+        )
+    } else {
+        None
+    };
+    let publisher = Publisher::open(
+        publishing.as_ref().unwrap_or(&connection),
+        amqp.confirm_timeout(),
+    )
+    .await
+    .map_err(SessionError::Channel)?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(SessionError::Channel)?;
+    channel
+        .basic_qos(amqp.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(SessionError::Channel)?;
+    let mut consumers = Vec::new();
+    // The broker makes the first subscriber of a partition its active
+    // consumer; starting each replica at a different partition spreads
+    // the partitions over the replicas instead of giving all to one.
+    let mut queues = broker::consumed_queues(amqp);
+    if queues.len() > 2 {
+        let start = rotation(name, queues.len() - 1);
+        queues[1..].rotate_left(start);
+    }
+    for queue in queues {
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("{name}@{queue}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| SessionError::Subscribe { queue, source })?;
+        consumers.push(consumer);
+    }
+    let tags: Vec<_> = consumers.iter().map(|c| c.tag()).collect();
+    let mut deliveries = futures_util::stream::select_all(consumers);
+    health.set_broker(true);
+    health.set_consuming(true);
+    info!(queue = %amqp.commands_queue, partitions = amqp.partitions, prefetch = amqp.prefetch, "consuming");
+
+    let tracker = TaskTracker::new();
+    let (settler, settling) = Settler::spawn(channel.clone(), ACKS_WAITING_BEHIND_A_GAP);
+    let pipeline = Arc::new(Pipeline::new(
+        settings.clone(),
+        store.clone(),
+        health.clone(),
+        publisher.clone(),
+        tracker.clone(),
+    ));
+    let end = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = pipeline.broken().cancelled() => break Err(SessionError::PublishingChannelClosed),
+            next = deliveries.next() => match next {
+                Some(Ok(delivery)) => {
+                    let span = info_span!(
+                        "command",
+                        delivery_tag = delivery.delivery_tag,
+                        redelivered = delivery.redelivered,
+                        command_id = field::Empty,
+                        resource_id = field::Empty,
+                        outcome = field::Empty,
+                    );
+                    let delivery = Delivery::new(delivery, settler.clone());
+                    span.in_scope(|| pipeline.process(delivery));
+                }
+                Some(Err(e)) => break Err(SessionError::Consume(e)),
+                None => break Err(SessionError::Cancelled),
+            },
+        }
+    };
+    health.set_consuming(false);
+    tracker.close();
+    if end.is_ok() {
+        // Shutdown: take no more deliveries, let in-flight ones finish.
+        for tag in tags {
+            if let Err(e) = channel
+                .basic_cancel(tag, BasicCancelOptions::default())
+                .await
+            {
+                warn!(error = %e, "could not cancel a consumer");
+            }
+        }
+        let grace = Duration::from_secs(settings.worker.shutdown_grace_secs);
+        info!(grace_secs = grace.as_secs(), "draining");
+        if timeout(grace, tracker.wait()).await.is_err() {
+            warn!("grace period over; unfinished commands will be redelivered");
+        }
+    }
+    pipeline.abandon();
+    // Every wait below is bounded: on a dying socket an ack or a close
+    // can hang, and a worker stuck here would never reconnect. Whatever
+    // is cut short is unacked, and the broker redelivers it.
+    if timeout(TEARDOWN, tracker.wait()).await.is_err() {
+        warn!("in-flight commands did not stop; leaving them for redelivery");
+    }
+    // Every decision is made; let the last acks go out before closing:
+    // the settling task ends once the last settler handle is gone.
+    drop((settler, pipeline));
+    if timeout(TEARDOWN, settling).await.is_err() {
+        warn!("the last acks could not be sent; those commands will be redelivered");
+    }
+    // Unacked deliveries go back to the queue when the channel closes.
+    let _ = timeout(TEARDOWN, publisher.close()).await;
+    if channel.status().connected() {
+        let _ = timeout(TEARDOWN, channel.close(200, "worker stopping".into())).await;
+    }
+    let _ = timeout(TEARDOWN, connection.close(200, "worker stopping".into())).await;
+    if let Some(publishing) = publishing {
+        let _ = timeout(TEARDOWN, publishing.close(200, "worker stopping".into())).await;
+    }
+    end
+}
+
+/// A stable position in `0..n` for a replica name (FNV-1a, 64 bits), the
+/// same on every platform and build.
+fn rotation(name: &str, n: usize) -> usize {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % n as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rotation;
+
+    #[test]
+    fn rotation_is_fnv1a_and_spreads_replica_names() {
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c (the published test vector).
+        assert_eq!(
+            rotation("a", 1000),
+            (0xaf63_dc4c_8601_ec8c_u64 % 1000) as usize
+        );
+        let starts: std::collections::HashSet<_> = (0..16)
+            .map(|i| rotation(&format!("reservation-worker-{i}"), 4))
+            .collect();
+        assert!(starts.len() >= 3, "{starts:?}");
+    }
+}
