@@ -90,9 +90,13 @@ pub enum SendCommand {
         /// Total seats.
         #[arg(long)]
         capacity: u32,
-        /// Most seats one customer may hold.
-        #[arg(long)]
+        /// Most seats one customer may hold (without it, or --no-limit, an
+        /// existing resource keeps its limit).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "no_limit")]
         limit: Option<u32>,
+        /// Remove the per-customer limit.
+        #[arg(long)]
+        no_limit: bool,
         /// Idempotency key (default: a new UUID).
         #[arg(long)]
         id: Option<String>,
@@ -169,16 +173,29 @@ fn default_worker_name() -> String {
 
 async fn setup(settings: &Settings) -> anyhow::Result<()> {
     let a = &settings.amqp;
-    startup::setup(settings).await?;
+    let done = startup::setup(settings).await?;
     println!(
-        "declared: exchanges {}, {}, {}; queues {} (quorum, delivery limit {}), {}",
+        "declared: exchanges {}, {} (alternate exchange {}), {}; queues {} (quorum, delivery \
+         limit {}), {}, {} (unrouted events, kept {} s)",
         a.commands_exchange,
         a.events_exchange,
+        a.unrouted_exchange,
         a.dead_letter_exchange,
         a.commands_queue,
         a.delivery_limit,
-        a.dead_letter_queue
+        a.dead_letter_queue,
+        a.unrouted_queue,
+        a.unrouted_retention_secs,
     );
+    if done.store_initialised {
+        println!(
+            "store: marked as initialised at {}: workers decide against what it holds now \
+             (if Redis lost its data, that is an empty store)",
+            settings.redis.url
+        );
+    } else {
+        println!("store: already initialised at {}", settings.redis.url);
+    }
     if a.partitions > 0 {
         println!(
             "partitioned: {} -> {} (consistent hash) -> {} (single active consumer each); {} unbound",
@@ -202,12 +219,17 @@ async fn send(settings: &Settings, command: SendCommand) -> anyhow::Result<()> {
             resource: r,
             capacity,
             limit,
+            no_limit,
             id,
         } => CommandBody::Define {
             command_id: new_id(id)?,
             resource_id: resource(r)?,
             capacity,
-            per_customer_limit: limit,
+            per_customer_limit: match (limit, no_limit) {
+                (Some(n), _) => Some(Some(n)),
+                (None, true) => Some(None),
+                (None, false) => None,
+            },
         },
         SendCommand::Reserve {
             resource: r,

@@ -3,14 +3,30 @@
 //! `RW_<SECTION>__<KEY>` for everything else).
 
 mod secret;
+mod validate;
 
 pub use secret::SecretUrl;
+pub use validate::Problem;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
+
+/// Why the settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--config FILE` names no file.
+    #[error("config file {} does not exist", .0.display())]
+    MissingFile(std::path::PathBuf),
+    /// A file or variable cannot be read as settings (syntax, type).
+    #[error(transparent)]
+    Unreadable(Box<figment::Error>),
+    /// Values out of their allowed range.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<Problem>),
+}
 
 /// The defaults, exactly as shipped in `config/default.toml`.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -60,13 +76,20 @@ pub struct AmqpSettings {
     pub dead_letter_queue: String,
     /// Exchange outcome events are published to.
     pub events_exchange: String,
+    /// The events exchange's alternate exchange: events no binding takes.
+    pub unrouted_exchange: String,
+    /// The queue that keeps unrouted events.
+    pub unrouted_queue: String,
+    /// How long the unrouted queue keeps an event.
+    pub unrouted_retention_secs: u64,
+    /// The events exchange gets its alternate exchange from a broker
+    /// policy, not from its declaration (an exchange declared by v1).
+    pub alternate_exchange_by_policy: bool,
     /// Partitioned mode: P > 0 routes commands by resource to P queues with
     /// a single active consumer each.
     pub partitions: u16,
     /// The consistent-hash exchange of partitioned mode.
     pub partition_exchange: String,
-    /// Publish events with the mandatory flag.
-    pub mandatory_events: bool,
     /// Publisher-confirm timeout.
     pub confirm_timeout_ms: u64,
     /// Publish events on a second connection instead of the consuming one.
@@ -103,8 +126,6 @@ pub struct WorkerSettings {
     pub group_commit: bool,
     /// Most commands in one transaction.
     pub max_batch: usize,
-    /// Publish attempts for one event before its command is requeued.
-    pub publish_attempts: u32,
     /// Drain time on shutdown.
     pub shutdown_grace_secs: u64,
 }
@@ -131,24 +152,27 @@ pub enum LogFormat {
 }
 
 impl Settings {
-    /// Loads the layered settings.
-    pub fn load(file: Option<&Path>) -> Result<Settings, Box<figment::Error>> {
+    /// Loads the layered settings and checks every value.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULTS));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(Box::new(figment::Error::from(format!(
-                    "config file {} does not exist",
-                    file.display()
-                ))));
+                return Err(ConfigError::MissingFile(file.to_path_buf()));
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment
+        let settings: Settings = figment
             .merge(Env::prefixed("RW_").split("__"))
             .merge(Env::raw().only(&["AMQP_URL"]).map(|_| "amqp.url".into()))
             .merge(Env::raw().only(&["REDIS_URL"]).map(|_| "redis.url".into()))
             .extract()
-            .map_err(Box::new)
+            .map_err(|e| ConfigError::Unreadable(Box::new(e)))?;
+        let problems = validate::problems(&settings);
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
     }
 
     /// These settings with every broker name and the Redis key prefix put
@@ -162,6 +186,8 @@ impl Settings {
             &mut a.dead_letter_exchange,
             &mut a.dead_letter_queue,
             &mut a.events_exchange,
+            &mut a.unrouted_exchange,
+            &mut a.unrouted_queue,
             &mut a.partition_exchange,
         ] {
             *name = format!("{prefix}.{name}");
@@ -234,7 +260,7 @@ mod tests {
             jail.set_env("AMQP_URL", "amqp://other/%2f");
             jail.set_env("REDIS_URL", "redis://127.0.0.1:6379/3");
             jail.set_env("RW_AMQP__DELIVERY_LIMIT", "9");
-            let s = Settings::load(Some(Path::new("extra.toml"))).map_err(|e| *e)?;
+            let s = Settings::load(Some(Path::new("extra.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.amqp.prefetch, 7);
             assert_eq!(s.amqp.delivery_limit, 9);
             assert_eq!(s.amqp.url.expose(), "amqp://other/%2f");
@@ -270,7 +296,7 @@ mod tests {
             for (key, value) in s.to_env() {
                 jail.set_env(key, value);
             }
-            let back = Settings::load(None).map_err(|e| *e)?;
+            let back = Settings::load(None).map_err(|e| e.to_string())?;
             assert_eq!(
                 serde_json::to_value(&back).unwrap(),
                 serde_json::to_value(&s).unwrap()

@@ -17,10 +17,10 @@ mod resource;
 mod testing;
 
 pub use batch::{
-    ChangeSet, Conflict, Decision, Holding, MAX_STORED_CONFLICTS, Outcome, Reads, Record, Snapshot,
-    Submission, decide_batch, reads,
+    Applied, ChangeSet, Conflict, Decision, Holding, MAX_STORED_CONFLICTS, Outcome, Reads, Record,
+    Snapshot, Submission, decide_batch, reads,
 };
-pub use command::{Action, Command, CommandKind};
+pub use command::{Action, Command, CommandKind, LimitChange};
 pub use event::{Details, Event, Reason, Verdict};
 pub use ids::{CommandId, CustomerId, IdError, MAX_ID_CHARS, ResourceId};
 pub use resource::{Reservation, Resource, State, apply, decide, idempotency_conflict};

@@ -51,7 +51,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     let report = state.health.report();
     let body: String = report
         .iter()
-        .map(|(name, ok)| format!("{name}: {}\n", if *ok { "ok" } else { "down" }))
+        .map(|(name, state)| format!("{name}: {state}\n"))
         .collect();
     let ready = state.health.is_ready();
     metrics::gauge!(crate::metrics::READY).set(if ready { 1.0 } else { 0.0 });

@@ -6,7 +6,8 @@
 //! `invalid`.
 
 use crate::domain::{
-    Action, Command, CommandId, CommandKind, CustomerId, Event, Reason, ResourceId, Submission,
+    Action, Command, CommandId, CommandKind, CustomerId, Event, LimitChange, Reason, ResourceId,
+    Submission,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -72,7 +73,11 @@ fn parse_action(kind: CommandKind, f: &Map<String, Value>) -> Result<Action, Str
     match kind {
         CommandKind::Define => Ok(Action::Define {
             capacity: count(f, "capacity", 0)?.ok_or("capacity is required")?,
-            per_customer_limit: count(f, "per_customer_limit", 1)?,
+            per_customer_limit: match f.get("per_customer_limit") {
+                None => LimitChange::Keep,
+                Some(Value::Null) => LimitChange::Remove,
+                Some(_) => LimitChange::Set(count(f, "per_customer_limit", 1)?.expect("present")),
+            },
         }),
         CommandKind::Reserve => Ok(Action::Reserve {
             customer_id: required_id(f, "customer_id")?,
@@ -146,10 +151,15 @@ pub enum CommandBody {
         resource_id: ResourceId,
         /// Total seats.
         capacity: u32,
-        /// Most seats per customer; absent means no limit.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schemars(range(min = 1))]
-        per_customer_limit: Option<u32>,
+        /// Most seats per customer. Absent keeps the current limit (none for
+        /// a new resource); `null` removes it.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "absent_or_null"
+        )]
+        #[schemars(with = "Option<u32>", range(min = 1))]
+        per_customer_limit: Option<Option<u32>>,
     },
     /// Take seats, all or nothing.
     Reserve {
@@ -185,7 +195,11 @@ impl CommandBody {
                 command_id,
                 resource_id,
                 capacity: *capacity,
-                per_customer_limit: *per_customer_limit,
+                per_customer_limit: match per_customer_limit {
+                    LimitChange::Keep => None,
+                    LimitChange::Remove => Some(None),
+                    LimitChange::Set(n) => Some(Some(*n)),
+                },
             },
             Action::Reserve {
                 customer_id,
@@ -256,6 +270,8 @@ pub struct OutgoingEvent {
     /// The rejection reason; `None` when accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
+    /// The aggregate version after the command.
+    pub version: u64,
     /// The JSON body.
     #[serde(with = "body_as_raw_json")]
     pub body: Vec<u8>,
@@ -267,6 +283,7 @@ impl OutgoingEvent {
         let command_id = event.command_id.clone();
         let command = event.command;
         let reason = event.verdict.reason();
+        let version = event.version;
         let envelope = EventEnvelope {
             event_id,
             event,
@@ -277,8 +294,23 @@ impl OutgoingEvent {
             command_id,
             command,
             reason,
+            version,
             body: serde_json::to_vec(&envelope).expect("plain struct"),
         }
+    }
+
+    /// An event as published before, from its exact bytes (as kept in the
+    /// history).
+    pub fn from_body(body: Vec<u8>) -> Result<OutgoingEvent, serde_json::Error> {
+        let envelope: EventEnvelope = serde_json::from_slice(&body)?;
+        Ok(OutgoingEvent {
+            event_id: envelope.event_id,
+            command_id: envelope.event.command_id.clone(),
+            command: envelope.event.command,
+            reason: envelope.event.verdict.reason(),
+            version: envelope.event.version,
+            body,
+        })
     }
 
     /// `accepted` or `rejected`.
@@ -293,6 +325,29 @@ impl OutgoingEvent {
     /// The routing key: `<command>.<outcome>`.
     pub fn routing_key(&self) -> String {
         format!("{}.{}", self.command.as_str(), self.outcome())
+    }
+}
+
+mod absent_or_null {
+    //! A field that may be absent (`None`), `null` (`Some(None)`) or a value
+    //! (`Some(Some(v))`); with `default` and `skip_serializing_if =
+    //! "Option::is_none"` on the field, the three round-trip.
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(
+        value: &Option<Option<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(Some)
     }
 }
 
@@ -338,7 +393,7 @@ mod tests {
             d.command.action,
             Action::Define {
                 capacity: 1000,
-                per_customer_limit: Some(4)
+                per_customer_limit: LimitChange::Set(4)
             }
         );
         let d = decoded(
@@ -349,6 +404,39 @@ mod tests {
             r#"{"type":"cancel","command_id":"c-3","resource_id":"concert-42","reservation_id":"c-2"}"#,
         );
         assert_eq!(d.command.action.kind(), CommandKind::Cancel);
+    }
+
+    #[test]
+    fn an_absent_limit_keeps_a_null_one_removes_and_they_hash_apart() {
+        let body = |limit: &str| {
+            decoded(&format!(
+                r#"{{"type":"define","command_id":"c","resource_id":"r","capacity":5{limit}}}"#
+            ))
+        };
+        let (absent, null, four) = (
+            body(""),
+            body(r#","per_customer_limit":null"#),
+            body(r#","per_customer_limit":4"#),
+        );
+        let limit = |d: &Submission| match d.command.action {
+            Action::Define {
+                per_customer_limit, ..
+            } => per_customer_limit,
+            _ => unreachable!(),
+        };
+        assert_eq!(limit(&absent), LimitChange::Keep);
+        assert_eq!(limit(&null), LimitChange::Remove);
+        assert_eq!(limit(&four), LimitChange::Set(4));
+        assert_ne!(absent.body_hash, null.body_hash);
+        assert_ne!(null.body_hash, four.body_hash);
+        for d in [absent, null, four] {
+            let body = CommandBody::from_parts(
+                &d.command.command_id,
+                &d.command.resource_id,
+                &d.command.action,
+            );
+            assert_eq!(decode(&body.to_json()).unwrap(), d, "round trip");
+        }
     }
 
     #[test]
@@ -505,5 +593,6 @@ mod tests {
         );
         let stored = serde_json::to_string(&out).unwrap();
         assert_eq!(serde_json::from_str::<OutgoingEvent>(&stored).unwrap(), out);
+        assert_eq!(OutgoingEvent::from_body(out.body.clone()).unwrap(), out);
     }
 }

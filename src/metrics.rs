@@ -16,8 +16,9 @@ pub const DUPLICATES: &str = "reservation_duplicates_total";
 pub const COMMITS: &str = "reservation_commits_total";
 /// Transactions aborted because a watched key changed (then retried).
 pub const WATCH_CONFLICTS: &str = "reservation_watch_conflicts_total";
-/// Batches requeued after exhausting their WATCH retries.
-pub const CONTENTION_GIVE_UPS: &str = "reservation_contention_give_ups_total";
+/// Batches that lost `worker.max_commit_attempts` WATCH races in a row and
+/// paused before starting over.
+pub const CONTENTION_PAUSES: &str = "reservation_contention_pauses_total";
 /// Commands per transaction.
 pub const BATCH_SIZE: &str = "reservation_batch_size";
 /// Time to commit one batch, retries included.
@@ -32,7 +33,8 @@ pub const IN_FLIGHT: &str = "reservation_in_flight";
 pub const ACK_FRAMES: &str = "reservation_ack_frames_total";
 /// Broker sessions lost and re-established.
 pub const RECONNECTS: &str = "reservation_reconnects_total";
-/// Redis requests that failed for lack of a connection.
+/// Redis requests that failed in a way that passes (unreachable, loading,
+/// read-only, out of memory, lost data), each retried.
 pub const REDIS_ERRORS: &str = "reservation_redis_errors_total";
 /// Event publishes nacked, returned or unconfirmed.
 pub const PUBLISH_FAILURES: &str = "reservation_publish_failures_total";
@@ -40,6 +42,9 @@ pub const PUBLISH_FAILURES: &str = "reservation_publish_failures_total";
 pub const REQUEUED: &str = "reservation_requeued_total";
 /// Messages this worker moved to the dead-letter queue, by `cause`.
 pub const DEAD_LETTERED: &str = "reservation_dead_lettered_total";
+/// 1 while Redis has lost its data (the setup marker is missing) and
+/// nothing is decided, else 0.
+pub const STORE_UNINITIALISED: &str = "reservation_store_uninitialised";
 /// 1 when ready (broker, Redis, consuming), else 0.
 pub const READY: &str = "reservation_ready";
 
@@ -74,8 +79,8 @@ fn describe() {
         "Redis transactions aborted by a concurrent writer and retried"
     );
     describe_counter!(
-        CONTENTION_GIVE_UPS,
-        "Batches requeued after too many WATCH conflicts"
+        CONTENTION_PAUSES,
+        "Batches that lost max_commit_attempts WATCH races in a row and paused"
     );
     describe_histogram!(BATCH_SIZE, "Commands per Redis transaction");
     describe_histogram!(
@@ -111,6 +116,10 @@ fn describe() {
     describe_counter!(
         DEAD_LETTERED,
         "Messages moved to the dead-letter queue, by cause"
+    );
+    describe_gauge!(
+        STORE_UNINITIALISED,
+        "1 while Redis has lost its data and nothing is decided (run setup or restore Redis)"
     );
     describe_gauge!(
         READY,

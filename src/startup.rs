@@ -92,16 +92,35 @@ fn recorder() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Declares the contract's topology on the broker (idempotent): what
-/// `reservation-worker setup` does.
-pub async fn setup(settings: &Settings) -> anyhow::Result<()> {
+/// What `setup` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetUp {
+    /// `true`: Redis had no setup marker (a new store, or one that lost its
+    /// data) and now has one: workers decide against what it holds.
+    pub store_initialised: bool,
+}
+
+/// What `reservation-worker setup` does: declares the contract's topology
+/// on the broker (idempotent), and marks the Redis store as the one workers
+/// decide on. Only `setup` writes that marker: when Redis loses its data,
+/// the marker goes with it and workers decide nothing until Redis is
+/// restored or `setup` runs again, accepting the empty store.
+pub async fn setup(settings: &Settings) -> anyhow::Result<SetUp> {
     let a = &settings.amqp;
     let connection = broker::connect(&a.url, "reservation-setup")
         .await
         .with_context(|| format!("connecting to {}", a.url))?;
     let channel = connection.create_channel().await?;
-    broker::declare_topology(&channel, a).await?;
-    let _ = channel.close(200, "done".into()).await;
-    connection.close(200, "done".into()).await?;
-    Ok(())
+    let declared = broker::declare_topology(&channel, a).await;
+    if channel.status().connected() {
+        let _ = channel.close(200, "done".into()).await;
+    }
+    let _ = connection.close(200, "done".into()).await;
+    declared?;
+    let store = Store::new(&settings.redis)?;
+    let store_initialised = store
+        .initialise()
+        .await
+        .with_context(|| format!("marking the store at {}", settings.redis.url))?;
+    Ok(SetUp { store_initialised })
 }

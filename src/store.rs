@@ -121,6 +121,57 @@ impl Store {
         Ok(())
     }
 
+    /// Whether transactions can commit: the setup marker is there and
+    /// Redis takes a write (it is not loading, a replica, out of memory,
+    /// failing to save, or refusing the credentials).
+    pub async fn check(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.get().await?;
+        let marker = self.keys.marker_of_any();
+        let (initialised,): (bool,) = redis::pipe()
+            .exists(&marker)
+            .set_ex(self.keys.probe(), "1", 60)
+            .ignore()
+            .query_async(&mut *conn)
+            .await?;
+        if initialised {
+            Ok(())
+        } else {
+            Err(StoreError::Uninitialised { key: marker })
+        }
+    }
+
+    /// Marks the store as holding the data workers decide on: `setup`'s
+    /// acceptance of what Redis holds now, an empty store included.
+    /// `true` if the marker was missing and is written now.
+    pub async fn initialise(&self) -> Result<bool, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let stamp = format!(
+            "set up at {}",
+            time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        );
+        let written: Option<String> = redis::cmd("SET")
+            .arg(self.keys.marker_of_any())
+            .arg(stamp)
+            .arg("NX")
+            .query_async(&mut *conn)
+            .await?;
+        Ok(written.is_some())
+    }
+
+    /// Redis's `maxmemory-policy`, when the server tells it (managed
+    /// services may not).
+    pub async fn eviction_policy(&self) -> Result<Option<String>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut *conn)
+            .await;
+        Ok(reply.ok().and_then(|pair| pair.into_iter().nth(1)))
+    }
+
     /// Starts an optimistic transaction on a connection of its own: WATCH
     /// state lives on the connection, so it is never shared.
     pub async fn begin(&self) -> Result<Transaction<'_>, StoreError> {

@@ -19,15 +19,15 @@ mod session;
 pub use commit::decide_and_commit;
 
 use crate::config::Settings;
-use crate::health::Health;
+use crate::health::{Health, StoreState};
 use crate::metrics as metric;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use retry::backoff;
 use session::Replica;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// A worker replica.
 pub struct Worker {
@@ -101,13 +101,52 @@ impl Worker {
     }
 }
 
-/// Keeps the Redis readiness flag honest while no commands arrive.
+/// Keeps the store's state honest while no command finds it out: every
+/// 2 s, or every 500 ms while Redis fails, so consuming resumes soon after
+/// it recovers. Warns once, at the first answer, if Redis may evict keys.
 async fn probe_redis(store: Store, health: Health, shutdown: CancellationToken) {
+    let mut policy_checked = false;
     loop {
-        health.set_redis(store.ping().await.is_ok());
+        let state = match store.check().await {
+            Ok(()) => StoreState::Ok,
+            Err(StoreError::Uninitialised { .. }) => StoreState::Uninitialised,
+            Err(_) => StoreState::Failing,
+        };
+        if health.set_store(state) {
+            match state {
+                StoreState::Ok => info!("redis works"),
+                StoreState::Uninitialised => error!(
+                    "redis has lost its data (the setup marker is missing): deciding nothing until \
+                     Redis is restored, or `reservation-worker setup` is run to accept an empty store"
+                ),
+                StoreState::Failing => warn!("redis fails; holding commands until it works"),
+            }
+        }
+        if !policy_checked && state != StoreState::Failing {
+            policy_checked = true;
+            warn_if_evicting(&store).await;
+        }
+        let every = match state {
+            StoreState::Ok => Duration::from_secs(2),
+            _ => Duration::from_millis(500),
+        };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Warns when Redis may evict keys: an evicted state, holding or
+/// reservation breaks the aggregate, and an evicted record lets a
+/// redelivered rejection be decided again.
+async fn warn_if_evicting(store: &Store) {
+    match store.eviction_policy().await {
+        Ok(Some(policy)) if policy != "noeviction" => warn!(
+            maxmemory_policy = %policy,
+            "redis may evict keys under memory pressure, and an evicted key loses seats or \
+             idempotency; set `maxmemory-policy noeviction` (the worker waits out OOM errors)"
+        ),
+        _ => {}
     }
 }

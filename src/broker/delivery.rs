@@ -31,23 +31,17 @@ impl Delivery {
         &self.inner.data
     }
 
-    /// Earlier deliveries of this message, from the quorum queue's
-    /// `x-delivery-count` header (absent on the first delivery).
+    /// Earlier deliveries of this message: the quorum queue's
+    /// `x-delivery-count` header, trusted only on a redelivery (on a first
+    /// delivery the header, if any, is the producer's).
     pub fn earlier_deliveries(&self) -> u32 {
-        let value = self
+        let header = self
             .inner
             .properties
             .headers()
             .as_ref()
-            .and_then(|h| h.inner().get("x-delivery-count").cloned());
-        match value {
-            Some(AMQPValue::LongLongInt(n)) => u32::try_from(n).unwrap_or(u32::MAX),
-            Some(AMQPValue::LongInt(n)) => u32::try_from(n).unwrap_or(u32::MAX),
-            Some(AMQPValue::LongUInt(n)) => n,
-            Some(AMQPValue::ShortInt(n)) => u32::try_from(n).unwrap_or(0),
-            Some(AMQPValue::ShortShortInt(n)) => u32::try_from(n).unwrap_or(0),
-            _ => 0,
-        }
+            .and_then(|h| h.inner().get("x-delivery-count"));
+        earlier_deliveries(self.inner.redelivered, header)
     }
 
     /// Done: the broker may forget it.
@@ -103,6 +97,26 @@ impl Delivery {
     }
 }
 
+/// Earlier deliveries, from the redelivered flag and the
+/// `x-delivery-count` header: 0 on a first delivery whatever the header
+/// says, at least 1 on a redelivery, saturating at `u32::MAX`.
+fn earlier_deliveries(redelivered: bool, header: Option<&AMQPValue>) -> u32 {
+    if !redelivered {
+        return 0;
+    }
+    let count = match header {
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from((*n).max(0)).unwrap_or(u32::MAX),
+        Some(AMQPValue::LongInt(n)) => u32::try_from((*n).max(0)).unwrap_or(u32::MAX),
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::ShortInt(n)) => u32::try_from((*n).max(0)).unwrap_or(0),
+        Some(AMQPValue::ShortShortInt(n)) => u32::try_from((*n).max(0)).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(n)) => u32::from(*n),
+        Some(AMQPValue::ShortShortUInt(n)) => u32::from(*n),
+        _ => 0,
+    };
+    count.max(1)
+}
+
 /// A header value holding text.
 fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
@@ -127,5 +141,50 @@ impl Drop for Held {
     fn drop(&mut self) {
         metrics::gauge!(metric::IN_FLIGHT).decrement(1.0);
         metrics::histogram!(metric::PROCESS_SECONDS).record(self.received.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forged_delivery_count_on_a_first_delivery_is_ignored() {
+        for forged in [
+            AMQPValue::LongLongInt(19),
+            AMQPValue::LongLongInt(i64::MAX),
+            AMQPValue::LongUInt(u32::MAX),
+        ] {
+            assert_eq!(earlier_deliveries(false, Some(&forged)), 0);
+        }
+    }
+
+    #[test]
+    fn a_redelivery_counts_at_least_one_and_saturates() {
+        assert_eq!(earlier_deliveries(true, None), 1);
+        assert_eq!(
+            earlier_deliveries(true, Some(&AMQPValue::LongLongInt(0))),
+            1
+        );
+        assert_eq!(
+            earlier_deliveries(true, Some(&AMQPValue::LongLongInt(3))),
+            3
+        );
+        assert_eq!(
+            earlier_deliveries(true, Some(&AMQPValue::LongLongInt(-5))),
+            1
+        );
+        assert_eq!(
+            earlier_deliveries(true, Some(&AMQPValue::LongLongInt(i64::MAX))),
+            u32::MAX
+        );
+        assert_eq!(
+            earlier_deliveries(true, Some(&AMQPValue::LongUInt(u32::MAX))),
+            u32::MAX
+        );
+        assert_eq!(
+            earlier_deliveries(true, Some(&AMQPValue::LongString("7".into()))),
+            1
+        );
     }
 }

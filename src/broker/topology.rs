@@ -38,12 +38,60 @@ async fn declare(channel: &Channel, s: &AmqpSettings) -> Result<(), lapin::Error
             FieldTable::default(),
         )
         .await?;
+    // Events no binding takes go to the alternate exchange and wait in its
+    // queue, so an event is never dropped and a worker never waits for a
+    // consumer to bind. Declared first: the events exchange names it.
+    channel
+        .exchange_declare(
+            s.unrouted_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    let mut unrouted_args = FieldTable::default();
+    unrouted_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    unrouted_args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(
+            i64::try_from(s.unrouted_retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        ),
+    );
+    channel
+        .queue_declare(
+            s.unrouted_queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            unrouted_args,
+        )
+        .await?;
+    channel
+        .queue_bind(
+            s.unrouted_queue.as_str().into(),
+            s.unrouted_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut events_args = FieldTable::default();
+    if !s.alternate_exchange_by_policy {
+        events_args.insert(
+            "alternate-exchange".into(),
+            AMQPValue::LongString(s.unrouted_exchange.as_str().into()),
+        );
+    }
     channel
         .exchange_declare(
             s.events_exchange.as_str().into(),
             ExchangeKind::Topic,
             durable,
-            FieldTable::default(),
+            events_args,
         )
         .await?;
     channel
@@ -148,7 +196,7 @@ async fn declare(channel: &Channel, s: &AmqpSettings) -> Result<(), lapin::Error
 pub async fn delete_topology(channel: &Channel, s: &AmqpSettings) {
     let queues = consumed_queues(s)
         .into_iter()
-        .chain([s.dead_letter_queue.clone()]);
+        .chain([s.dead_letter_queue.clone(), s.unrouted_queue.clone()]);
     for q in queues {
         let _ = channel
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
@@ -157,6 +205,7 @@ pub async fn delete_topology(channel: &Channel, s: &AmqpSettings) {
     for x in [
         &s.commands_exchange,
         &s.events_exchange,
+        &s.unrouted_exchange,
         &s.dead_letter_exchange,
         &s.partition_exchange,
     ] {
@@ -195,7 +244,20 @@ impl TopologyError {
     /// Adds what to do about an error a person can fix.
     fn explain(source: lapin::Error, s: &AmqpSettings) -> TopologyError {
         let text = source.to_string();
-        let hint = if text.contains("x-consistent-hash") {
+        let hint = if text.contains("alternate-exchange") {
+            format!(
+                "; {events} exists without the alternate exchange {unrouted} (declared by an \
+                 older version). To keep its consumers' bindings, add it with a policy: \
+                 `rabbitmqctl set_policy -p <vhost> --apply-to exchanges {events}-unrouted \
+                 '^{pattern}$' '{{\"alternate-exchange\":\"{unrouted}\"}}'`, then set \
+                 amqp.alternate_exchange_by_policy = true (RW_AMQP__ALTERNATE_EXCHANGE_BY_POLICY=true) \
+                 for setup and every worker. With no consumer bound, you may instead delete {events} \
+                 and run setup again",
+                events = s.events_exchange,
+                unrouted = s.unrouted_exchange,
+                pattern = s.events_exchange.replace('.', "\\."),
+            )
+        } else if text.contains("x-consistent-hash") {
             "; partitioned mode needs the consistent-hash exchange plugin: \
              run `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange` on the broker"
                 .to_string()

@@ -169,7 +169,7 @@ pub async fn run(
         command_id: define_id.clone(),
         resource_id: resource_id.clone(),
         capacity: o.capacity,
-        per_customer_limit: limit,
+        per_customer_limit: Some(limit),
     };
     publish(&publisher, a.commands_exchange.as_str(), &define).await?;
     let deadline = Instant::now() + Duration::from_secs(o.timeout_secs);

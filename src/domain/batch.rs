@@ -144,6 +144,19 @@ pub struct ChangeSet<E> {
     /// Existing records with a conflicting body added (their lifetime is
     /// kept, so a conflict never outlives the record it shadows).
     pub conflicts: Vec<(CommandId, Record<E>)>,
+    /// The commands accepted now, kept for good: a command that changed the
+    /// state is recognised on redelivery even after its record expired.
+    pub applied: Vec<(CommandId, Applied)>,
+}
+
+/// What is kept for good of an accepted command: the version its event
+/// carries (which finds the event in the history) and its body's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The aggregate version after the command.
+    pub version: u64,
+    /// The decided body's hash.
+    pub hash: String,
 }
 
 impl<E> ChangeSet<E> {
@@ -180,6 +193,7 @@ pub fn decide_batch<E: Clone>(
     let mut fresh: Vec<&CommandId> = Vec::new();
     let mut conflicted: Vec<&CommandId> = Vec::new();
     let mut accepted: Vec<Event> = Vec::new();
+    let mut applied: Vec<(CommandId, Applied)> = Vec::new();
     for s in batch {
         let id = &s.command.command_id;
         let outcome = match records.get_mut(id) {
@@ -204,6 +218,14 @@ pub fn decide_batch<E: Clone>(
                 let event = decide(&state, &s.command);
                 let sealed = seal(event.clone());
                 if event.is_accepted() {
+                    let hash = s.body_hash.clone();
+                    applied.push((
+                        id.clone(),
+                        Applied {
+                            version: event.version,
+                            hash,
+                        },
+                    ));
                     state = apply(state, &event);
                     accepted.push(event);
                 }
@@ -234,6 +256,7 @@ pub fn decide_batch<E: Clone>(
         resource: state.resource.filter(|_| !accepted.is_empty()),
         records,
         conflicts,
+        applied,
     };
     Decision { outcomes, changes }
 }
@@ -376,8 +399,19 @@ mod tests {
         let r = d.changes.resource.unwrap();
         assert_eq!((r.reserved, r.version), (3, 2));
         assert_eq!(d.changes.holdings, [(customer("a"), Holding::Set(3))]);
-        // The rejection is recorded (and so appended to the history) too.
+        // The rejection is recorded (and so appended to the history) too,
+        // but only the acceptance is kept for good.
         assert_eq!(d.changes.records.len(), 2);
+        assert_eq!(
+            d.changes.applied,
+            [(
+                id("r1"),
+                Applied {
+                    version: 2,
+                    hash: b[0].body_hash.clone()
+                }
+            )]
+        );
     }
 
     #[test]

@@ -23,8 +23,8 @@ pub enum Action {
     Define {
         /// Total seats.
         capacity: u32,
-        /// Most seats one customer may hold; `None` means no limit.
-        per_customer_limit: Option<u32>,
+        /// What becomes of the per-customer limit.
+        per_customer_limit: LimitChange,
     },
     /// Take `quantity` seats for a customer, all or nothing.
     Reserve {
@@ -46,6 +46,36 @@ pub enum Action {
         /// What is wrong, for humans.
         detail: String,
     },
+}
+
+/// What a `define` does to the per-customer limit (contract v2: an absent
+/// `per_customer_limit` keeps it, `null` removes it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitChange {
+    /// Keep the current limit (none for a new resource).
+    Keep,
+    /// No limit from now on.
+    Remove,
+    /// At most this many seats per customer from now on.
+    Set(u32),
+}
+
+impl LimitChange {
+    /// The limit in force after the change, given the current one.
+    pub fn applied_to(self, current: Option<u32>) -> Option<u32> {
+        match self {
+            LimitChange::Keep => current,
+            LimitChange::Remove => None,
+            LimitChange::Set(n) => Some(n),
+        }
+    }
+}
+
+impl From<Option<u32>> for LimitChange {
+    /// A limit, or `None` for no limit (the change is never "keep").
+    fn from(limit: Option<u32>) -> Self {
+        limit.map_or(LimitChange::Remove, LimitChange::Set)
+    }
 }
 
 impl Action {

@@ -81,7 +81,10 @@ pub fn decide(state: &State, command: &Command) -> Event {
         } => (
             Details {
                 capacity: Some(*capacity),
-                per_customer_limit: *per_customer_limit,
+                // The limit in force after the define: folding the event
+                // needs no other input.
+                per_customer_limit: per_customer_limit
+                    .applied_to(state.resource.as_ref().and_then(|r| r.per_customer_limit)),
                 ..Details::default()
             },
             decide_define(state, *capacity),

@@ -1,6 +1,6 @@
 //! A small given / when / then harness for `decide` and `apply`.
 
-use super::command::{Action, Command};
+use super::command::{Action, Command, LimitChange};
 use super::event::{Event, Reason, Verdict};
 use super::ids::{CommandId, CustomerId, ResourceId};
 use super::resource::{State, apply, decide};
@@ -14,12 +14,14 @@ fn command(id: &str, action: Action) -> Command {
     }
 }
 
-pub fn define(id: &str, capacity: u32, per_customer_limit: Option<u32>) -> Command {
+/// A define; `limit` is a number, `None` for no limit, or a
+/// [`LimitChange`].
+pub fn define(id: &str, capacity: u32, limit: impl Into<LimitChange>) -> Command {
     command(
         id,
         Action::Define {
             capacity,
-            per_customer_limit,
+            per_customer_limit: limit.into(),
         },
     )
 }

@@ -45,6 +45,30 @@ impl Keys {
         self.key(r, "history")
     }
 
+    /// The commands accepted, kept for good (hash: command id ->
+    /// `version:body hash`).
+    pub fn applied(&self, r: &ResourceId) -> String {
+        self.key(r, "applied")
+    }
+
+    /// The marker that only `setup` writes: while it exists, the store
+    /// holds the data workers decided on. Every transaction reads it under
+    /// its WATCH.
+    pub fn marker(&self, _r: &ResourceId) -> String {
+        self.marker_of_any()
+    }
+
+    /// The marker, where one key serves every resource (a single Redis).
+    pub fn marker_of_any(&self) -> String {
+        format!("{}{{setup}}:initialised", self.prefix)
+    }
+
+    /// A key the readiness probe writes to, to learn whether Redis takes
+    /// writes.
+    pub fn probe(&self) -> String {
+        format!("{}{{setup}}:probe", self.prefix)
+    }
+
     /// One command's idempotency record.
     pub fn record(&self, r: &ResourceId, c: &CommandId) -> String {
         self.key(r, &format!("cmd:{c}"))

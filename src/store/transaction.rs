@@ -3,7 +3,9 @@
 
 use super::error::{StoreError, corrupt};
 use super::keys::Keys;
-use crate::domain::{ChangeSet, Holding, Reads, Record, Resource, ResourceId, Snapshot, State};
+use crate::domain::{
+    Applied, ChangeSet, CommandId, Holding, Reads, Record, Resource, ResourceId, Snapshot, State,
+};
 use crate::message::OutgoingEvent;
 use deadpool_redis::Connection;
 use redis::Value;
@@ -57,16 +59,22 @@ impl<'a> Transaction<'a> {
             .expect("a transaction has its connection until it ends")
     }
 
-    /// WATCHes the resource's state and the commands' records and reads
-    /// everything `reads` names, in one round trip. The pipeline is not a
-    /// transaction: WATCH runs first, so any write after the reads is caught
-    /// by EXEC.
+    /// WATCHes the setup marker, the resource's state and the commands'
+    /// records, and reads everything `reads` names, in one round trip. The
+    /// pipeline is not a transaction: WATCH runs first, so any write after
+    /// the reads (a flush included) is caught by EXEC.
+    ///
+    /// A command accepted before whose record has expired is found in the
+    /// `applied` index; its event is read back from the history (a second
+    /// round trip, only then) and given to the snapshot as its record, so
+    /// it is replayed, never decided again.
     pub async fn load(
         &mut self,
         resource: &ResourceId,
         reads: &Reads<'_>,
     ) -> Result<Snapshot<OutgoingEvent>, StoreError> {
         let keys = self.keys;
+        let marker = keys.marker(resource);
         let state_key = keys.state(resource);
         let record_keys: Vec<String> = reads
             .commands
@@ -74,9 +82,17 @@ impl<'a> Transaction<'a> {
             .map(|c| keys.record(resource, c))
             .collect();
         let mut pipe = redis::pipe();
-        pipe.cmd("WATCH").arg(&state_key).arg(&record_keys).ignore();
+        pipe.cmd("WATCH")
+            .arg(&marker)
+            .arg(&state_key)
+            .arg(&record_keys)
+            .ignore();
+        pipe.exists(&marker);
         pipe.get(&state_key);
         pipe.cmd("MGET").arg(&record_keys);
+        pipe.cmd("HMGET")
+            .arg(keys.applied(resource))
+            .arg(ids(&reads.commands));
         if !reads.customers.is_empty() {
             pipe.cmd("HMGET").arg(keys.holdings(resource)).arg(
                 reads
@@ -87,18 +103,18 @@ impl<'a> Transaction<'a> {
             );
         }
         if !reads.reservations.is_empty() {
-            pipe.cmd("HMGET").arg(keys.reservations(resource)).arg(
-                reads
-                    .reservations
-                    .iter()
-                    .map(|c| c.as_str())
-                    .collect::<Vec<_>>(),
-            );
+            pipe.cmd("HMGET")
+                .arg(keys.reservations(resource))
+                .arg(ids(&reads.reservations));
         }
         let replies: Vec<Value> = pipe.query_async(&mut **self.conn()).await?;
         let mut replies = replies.into_iter();
         let mut next = || replies.next().unwrap_or(Value::Nil);
 
+        let initialised: bool = parse(next(), &marker)?;
+        if !initialised {
+            return Err(StoreError::Uninitialised { key: marker });
+        }
         let state: Option<String> = parse(next(), &state_key)?;
         let mut snapshot = Snapshot {
             state: State {
@@ -116,6 +132,17 @@ impl<'a> Transaction<'a> {
                     (*id).clone(),
                     from_json::<Record<OutgoingEvent>>(&json, key)?,
                 );
+            }
+        }
+        let applied_key = keys.applied(resource);
+        let applied: Vec<Option<String>> = parse(next(), &applied_key)?;
+        let mut expired: Vec<(&CommandId, Applied)> = Vec::new();
+        for (id, entry) in reads.commands.iter().zip(applied) {
+            if let Some(entry) = entry
+                && !snapshot.records.contains_key(*id)
+                && !expired.iter().any(|(e, _)| e == id)
+            {
+                expired.push((*id, parse_applied(&entry, &applied_key)?));
             }
         }
         if !reads.customers.is_empty() {
@@ -138,7 +165,49 @@ impl<'a> Transaction<'a> {
                 }
             }
         }
+        if !expired.is_empty() {
+            let recovered = self.recover(resource, &expired).await?;
+            snapshot.records.extend(recovered);
+        }
         Ok(snapshot)
+    }
+
+    /// Rebuilds the records of accepted commands whose records expired,
+    /// from their events in the history (entry `<version>-0`).
+    async fn recover(
+        &mut self,
+        resource: &ResourceId,
+        expired: &[(&CommandId, Applied)],
+    ) -> Result<Vec<(CommandId, Record<OutgoingEvent>)>, StoreError> {
+        let key = self.keys.history(resource);
+        let mut pipe = redis::pipe();
+        for (_, applied) in expired {
+            let id = format!("{}-0", applied.version);
+            pipe.cmd("XRANGE").arg(&key).arg(&id).arg(&id);
+        }
+        let pages: Vec<redis::streams::StreamRangeReply> =
+            pipe.query_async(&mut **self.conn()).await?;
+        let mut recovered = Vec::with_capacity(expired.len());
+        for ((id, applied), page) in expired.iter().zip(pages) {
+            let body: Vec<u8> = page
+                .ids
+                .first()
+                .and_then(|entry| entry.get("event"))
+                .ok_or_else(|| {
+                    corrupt(
+                        &key,
+                        format!("command {id} was accepted at version {} but that event is not in the history", applied.version),
+                    )
+                })?;
+            let event = OutgoingEvent::from_body(body).map_err(|e| corrupt(&key, e))?;
+            let record = Record {
+                hash: applied.hash.clone(),
+                event,
+                conflicts: Vec::new(),
+            };
+            recovered.push(((*id).clone(), record));
+        }
+        Ok(recovered)
     }
 
     /// Writes `changes` in one MULTI/EXEC, with one command per hash where
@@ -211,9 +280,16 @@ impl<'a> Transaction<'a> {
             tx.add_command(hset).ignore();
         }
         for (id, record) in &changes.records {
+            // History entries are numbered by version: an accepted event is
+            // `<version>-0`, so it can be found again by its version; a
+            // rejection takes the next free `<version>-n`.
+            let entry = match record.event.reason {
+                None => format!("{}-0", record.event.version),
+                Some(_) => format!("{}-*", record.event.version),
+            };
             tx.cmd("XADD")
                 .arg(keys.history(resource))
-                .arg("*")
+                .arg(entry)
                 .arg("event")
                 .arg(&record.event.body)
                 .ignore();
@@ -224,6 +300,15 @@ impl<'a> Transaction<'a> {
             )
             .ignore();
         }
+        if !changes.applied.is_empty() {
+            let mut hset = redis::cmd("HSET");
+            hset.arg(keys.applied(resource));
+            for (id, applied) in &changes.applied {
+                hset.arg(id.as_str())
+                    .arg(format!("{}:{}", applied.version, applied.hash));
+            }
+            tx.add_command(hset).ignore();
+        }
         for (id, record) in &changes.conflicts {
             tx.cmd("SET")
                 .arg(keys.record(resource, id))
@@ -233,6 +318,24 @@ impl<'a> Transaction<'a> {
         }
         tx
     }
+}
+
+/// The ids as strings, for HMGET.
+fn ids<'b>(list: &[&'b CommandId]) -> Vec<&'b str> {
+    list.iter().map(|c| c.as_str()).collect()
+}
+
+/// An `applied` entry: `version:hash`.
+fn parse_applied(entry: &str, key: &str) -> Result<Applied, StoreError> {
+    entry
+        .split_once(':')
+        .and_then(|(version, hash)| {
+            Some(Applied {
+                version: version.parse().ok()?,
+                hash: hash.to_owned(),
+            })
+        })
+        .ok_or_else(|| corrupt(key, format!("entry {entry:?} is not version:hash")))
 }
 
 /// A reply as `T`, or the key it came from is unreadable.

@@ -14,7 +14,7 @@ use super::retry::{backoff, full_jitter};
 use crate::broker::{Delivery, Message, PublishError, Publisher};
 use crate::config::Settings;
 use crate::domain::{Outcome, ResourceId, Submission};
-use crate::health::Health;
+use crate::health::{Health, StoreState};
 use crate::message::{self, OutgoingEvent, Unreadable};
 use crate::metrics as metric;
 use crate::store::{Store, StoreError};
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, Span, debug, info, warn};
+use tracing::{Instrument, Span, debug, error, info, warn};
 
 /// What one broker session's delivery tasks share.
 pub(super) struct Pipeline {
@@ -62,11 +62,8 @@ pub(super) enum Failure {
     /// Redis refused, or holds data this worker cannot read.
     #[error("could not commit")]
     Store(#[source] StoreError),
-    /// Other writers won every optimistic attempt.
-    #[error("gave up after {0} WATCH conflicts")]
-    Contention(u32),
-    /// The outcome was not confirmed after every attempt.
-    #[error("could not publish the outcome")]
+    /// A message could not be published (to the dead-letter exchange).
+    #[error("could not publish")]
     Publish(#[source] PublishError),
     /// The session is going away, or the grace period ran out.
     #[error("abandoned: the broker session ended or the grace period ran out")]
@@ -271,28 +268,49 @@ impl Pipeline {
                     metrics::counter!(metric::COMMITS).increment(1);
                     metrics::histogram!(metric::COMMIT_SECONDS)
                         .record(started.elapsed().as_secs_f64());
-                    self.health.set_redis(true);
+                    if self.health.set_store(StoreState::Ok) {
+                        info!("redis works again; deciding");
+                    }
                     return Ok(outcomes);
                 }
                 Ok(None) => {
                     metrics::counter!(metric::WATCH_CONFLICTS).increment(1);
                     conflicts += 1;
-                    if conflicts >= max_attempts {
-                        metrics::counter!(metric::CONTENTION_GIVE_UPS).increment(1);
-                        return Err(Failure::Contention(conflicts));
+                    if conflicts % max_attempts == 0 {
+                        // Other writers keep winning: step back for longer,
+                        // then start over. Contention passes; a command is
+                        // never given up for it.
+                        metrics::counter!(metric::CONTENTION_PAUSES).increment(1);
+                        let rounds = conflicts / max_attempts;
+                        let delay = backoff(w.reconnect_base_ms, w.reconnect_max_ms, rounds);
+                        warn!(
+                            conflicts,
+                            pause_ms = delay.as_millis() as u64,
+                            "other writers keep winning the WATCH race; pausing"
+                        );
+                        delay
+                    } else {
+                        full_jitter(
+                            Duration::from_millis(w.retry_base_ms),
+                            Duration::from_millis(w.retry_max_ms),
+                            conflicts,
+                        )
                     }
-                    full_jitter(
-                        Duration::from_millis(w.retry_base_ms),
-                        Duration::from_millis(w.retry_max_ms),
-                        conflicts,
-                    )
                 }
-                Err(StoreError::Unavailable(e)) => {
+                Err(e) if e.is_transient() => {
                     metrics::counter!(metric::REDIS_ERRORS).increment(1);
-                    self.health.set_redis(false);
                     outages += 1;
                     let delay = backoff(w.reconnect_base_ms, w.reconnect_max_ms, outages);
-                    warn!(error = %chain(&*e), retry_in_ms = delay.as_millis() as u64, "redis unavailable; retrying");
+                    let state = match e {
+                        StoreError::Uninitialised { .. } => StoreState::Uninitialised,
+                        _ => StoreState::Failing,
+                    };
+                    // Said once per outage; every lane waits the same way.
+                    if self.health.set_store(state) {
+                        warn!(error = %chain(&e), "redis fails; holding commands and retrying until it works");
+                    } else {
+                        debug!(error = %chain(&e), retry_in_ms = delay.as_millis() as u64, "redis still fails");
+                    }
                     delay
                 }
                 Err(e) => return Err(Failure::Store(e)),
@@ -375,9 +393,8 @@ impl Pipeline {
         let w = &self.settings.worker;
         let event_id = event.event_id.to_string();
         let routing_key = event.routing_key();
-        let mut attempt = 0;
+        let mut failures = 0;
         loop {
-            attempt += 1;
             let publish = self.publisher.publish(Message {
                 exchange: &amqp.events_exchange,
                 routing_key: &routing_key,
@@ -385,14 +402,16 @@ impl Pipeline {
                 message_id: Some(&event_id),
                 correlation_id: Some(event.command_id.as_str()),
                 headers: None,
-                mandatory: amqp.mandatory_events,
+                // With the alternate exchange in place nothing is returned;
+                // without it, a return says so instead of losing the event.
+                mandatory: true,
             });
             let started = Instant::now();
             let result = tokio::select! {
                 result = publish => result,
                 _ = self.abandon.cancelled() => return Err(Failure::Abandoned),
             };
-            match result {
+            let e = match result {
                 Ok(()) => {
                     metrics::histogram!(metric::PUBLISH_SECONDS)
                         .record(started.elapsed().as_secs_f64());
@@ -400,21 +419,35 @@ impl Pipeline {
                 }
                 Err(e) if !self.publisher.is_open() => {
                     // The channel is gone: only a new session can publish.
+                    // The delivery goes back to the queue, and its
+                    // redelivery re-publishes the stored event.
                     self.broken.cancel();
                     warn!(error = %chain(&e), "publishing channel closed");
                     return Err(Failure::Abandoned);
                 }
-                Err(e) => {
-                    metrics::counter!(metric::PUBLISH_FAILURES).increment(1);
-                    if attempt >= w.publish_attempts {
-                        return Err(Failure::Publish(e));
-                    }
-                    let delay = backoff(w.reconnect_base_ms, w.reconnect_max_ms, attempt);
-                    warn!(error = %chain(&e), attempt, retry_in_ms = delay.as_millis() as u64, "event not confirmed; publishing again");
-                    if !self.pause(delay).await {
-                        return Err(Failure::Abandoned);
-                    }
+                Err(e) => e,
+            };
+            // Committed means published: the event goes out again, the same
+            // bytes, until the broker confirms it; its command is never acked
+            // or dead-lettered before.
+            metrics::counter!(metric::PUBLISH_FAILURES).increment(1);
+            failures += 1;
+            let delay = backoff(w.reconnect_base_ms, w.reconnect_max_ms, failures);
+            let retry_in_ms = delay.as_millis() as u64;
+            match &e {
+                PublishError::Returned { .. } if failures == 1 => error!(
+                    error = %chain(&e), retry_in_ms,
+                    exchange = %amqp.events_exchange,
+                    "an outcome event matched no queue: the events exchange has no alternate \
+                     exchange; run `reservation-worker setup` and follow what it says"
+                ),
+                _ if failures == 1 => {
+                    warn!(error = %chain(&e), retry_in_ms, "event not confirmed; publishing it again")
                 }
+                _ => debug!(error = %chain(&e), failures, retry_in_ms, "event still not confirmed"),
+            }
+            if !self.pause(delay).await {
+                return Err(Failure::Abandoned);
             }
         }
     }
@@ -470,7 +503,10 @@ mod tests {
 
     #[test]
     fn a_failure_is_requeued_until_the_delivery_limit_then_dead_lettered() {
-        let failure = || Err(Failure::Contention(100));
+        let failure = || {
+            let e = redis::make_extension_error("WRONGTYPE".into(), None);
+            Err(Failure::Store(StoreError::from(e)))
+        };
         assert!(matches!(
             disposition(failure(), 0, 20),
             Disposition::Requeue(_)

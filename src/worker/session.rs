@@ -5,11 +5,14 @@
 use super::pipeline::Pipeline;
 use crate::broker::{self, Delivery, Publisher, Settler, TopologyError};
 use crate::config::Settings;
-use crate::health::Health;
+use crate::health::{Health, StoreState};
 use crate::store::Store;
 use futures_util::StreamExt;
+use futures_util::stream::SelectAll;
+use lapin::Consumer;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use lapin::types::ShortString as ConsumerTag;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::timeout;
@@ -116,29 +119,8 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
         .basic_qos(amqp.prefetch, BasicQosOptions::default())
         .await
         .map_err(SessionError::Channel)?;
-    let mut consumers = Vec::new();
-    // The broker makes the first subscriber of a partition its active
-    // consumer; starting each replica at a different partition spreads
-    // the partitions over the replicas instead of giving all to one.
-    let mut queues = broker::consumed_queues(amqp);
-    if queues.len() > 2 {
-        let start = rotation(name, queues.len() - 1);
-        queues[1..].rotate_left(start);
-    }
-    for queue in queues {
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                format!("{name}@{queue}").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| SessionError::Subscribe { queue, source })?;
-        consumers.push(consumer);
-    }
-    let tags: Vec<_> = consumers.iter().map(|c| c.tag()).collect();
-    let mut deliveries = futures_util::stream::select_all(consumers);
+    let queues = consumed_queues(amqp, name);
+    let (mut tags, mut deliveries) = subscribe(&channel, &queues, name).await?;
     health.set_broker(true);
     health.set_consuming(true);
     info!(queue = %amqp.commands_queue, partitions = amqp.partitions, prefetch = amqp.prefetch, "consuming");
@@ -152,11 +134,29 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
         publisher.clone(),
         tracker.clone(),
     ));
+    let mut store_state = health.watch_store();
     let end = loop {
+        let consuming = !tags.is_empty();
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = pipeline.broken().cancelled() => break Err(SessionError::PublishingChannelClosed),
-            next = deliveries.next() => match next {
+            // While Redis fails, take no new deliveries: those held wait in
+            // their lanes, retried in place, without spending their
+            // delivery count; the rest stay in the queue for whichever
+            // replica can decide them first.
+            Ok(()) = store_state.changed() => {
+                let works = *store_state.borrow_and_update() == StoreState::Ok;
+                if !works && consuming {
+                    cancel(&channel, std::mem::take(&mut tags)).await;
+                    health.set_consuming(false);
+                    warn!("redis fails: stopped taking deliveries until it works");
+                } else if works && !consuming {
+                    (tags, deliveries) = subscribe(&channel, &queues, name).await?;
+                    health.set_consuming(true);
+                    info!("redis works: taking deliveries again");
+                }
+            }
+            next = deliveries.next(), if consuming => match next {
                 Some(Ok(delivery)) => {
                     let span = info_span!(
                         "command",
@@ -178,14 +178,7 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
     tracker.close();
     if end.is_ok() {
         // Shutdown: take no more deliveries, let in-flight ones finish.
-        for tag in tags {
-            if let Err(e) = channel
-                .basic_cancel(tag, BasicCancelOptions::default())
-                .await
-            {
-                warn!(error = %e, "could not cancel a consumer");
-            }
-        }
+        cancel(&channel, tags).await;
         let grace = Duration::from_secs(settings.worker.shutdown_grace_secs);
         info!(grace_secs = grace.as_secs(), "draining");
         if timeout(grace, tracker.wait()).await.is_err() {
@@ -215,6 +208,60 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
         let _ = timeout(TEARDOWN, publishing.close(200, "worker stopping".into())).await;
     }
     end
+}
+
+/// The consumers of one subscription: their tags and their deliveries.
+type Subscription = (Vec<ConsumerTag>, SelectAll<Consumer>);
+
+/// Every queue a worker consumes, in the order this replica subscribes.
+/// The broker makes the first subscriber of a partition its active
+/// consumer; starting each replica at a different partition spreads the
+/// partitions over the replicas instead of giving all to one.
+fn consumed_queues(amqp: &crate::config::AmqpSettings, name: &str) -> Vec<String> {
+    let mut queues = broker::consumed_queues(amqp);
+    if queues.len() > 2 {
+        let start = rotation(name, queues.len() - 1);
+        queues[1..].rotate_left(start);
+    }
+    queues
+}
+
+/// Subscribes to every queue.
+async fn subscribe(
+    channel: &lapin::Channel,
+    queues: &[String],
+    name: &str,
+) -> Result<Subscription, SessionError> {
+    let mut consumers = Vec::new();
+    for queue in queues {
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("{name}@{queue}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| SessionError::Subscribe {
+                queue: queue.clone(),
+                source,
+            })?;
+        consumers.push(consumer);
+    }
+    let tags = consumers.iter().map(|c| c.tag()).collect();
+    Ok((tags, futures_util::stream::select_all(consumers)))
+}
+
+/// Stops the consumers: no more deliveries; those held stay held.
+async fn cancel(channel: &lapin::Channel, tags: Vec<ConsumerTag>) {
+    for tag in tags {
+        if let Err(e) = channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await
+        {
+            warn!(error = %e, "could not cancel a consumer");
+        }
+    }
 }
 
 /// A stable position in `0..n` for a replica name (FNV-1a, 64 bits), the

@@ -454,7 +454,7 @@ pub fn define(id: &str, resource: &str, capacity: u32, limit: Option<u32>) -> Co
         command_id: CommandId::try_from(id).unwrap(),
         resource_id: rid(resource),
         capacity,
-        per_customer_limit: limit,
+        per_customer_limit: Some(limit),
     }
 }
 

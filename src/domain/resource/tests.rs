@@ -1,8 +1,8 @@
 //! Given / when / then tests of the single-command rules.
 
 use super::*;
-use crate::domain::ResourceId;
 use crate::domain::testing::{cancel, define, given, reserve};
+use crate::domain::{LimitChange, ResourceId};
 
 #[test]
 fn define_creates_a_resource() {
@@ -23,6 +23,50 @@ fn define_changes_capacity_and_limit() {
                 (10, 3, None)
             );
         });
+}
+
+#[test]
+fn define_without_a_limit_keeps_the_current_one() {
+    given(&[define("c-1", 100, Some(4))])
+        .when(define("c-2", 50, LimitChange::Keep))
+        .then_accepted(50, 2)
+        .and_event(|e| assert_eq!(e.details.per_customer_limit, Some(4)))
+        .and_state(|s| assert_eq!(s.resource.as_ref().unwrap().per_customer_limit, Some(4)));
+}
+
+#[test]
+fn define_of_a_new_resource_without_a_limit_has_none() {
+    given(&[])
+        .when(define("c-1", 5, LimitChange::Keep))
+        .then_accepted(5, 1)
+        .and_state(|s| assert_eq!(s.resource.as_ref().unwrap().per_customer_limit, None));
+}
+
+#[test]
+fn define_with_a_null_limit_removes_it() {
+    given(&[define("c-1", 100, Some(4))])
+        .when(define("c-2", 100, LimitChange::Remove))
+        .then_accepted(100, 2)
+        .and_event(|e| assert_eq!(e.details.per_customer_limit, None));
+}
+
+#[test]
+fn a_lower_limit_binds_later_reserves_and_takes_nothing_back() {
+    given(&[
+        define("c-1", 100, Some(4)),
+        reserve("c-2", "u-1", 4),
+        define("c-3", 100, Some(2)),
+    ])
+    .when(reserve("c-4", "u-1", 1))
+    .then_rejected(Reason::CustomerLimit, 96, 3)
+    .and_state(|s| assert_eq!(s.held_by(&cust("u-1")), 4, "nothing taken back"));
+    given(&[
+        define("c-1", 100, Some(4)),
+        reserve("c-2", "u-1", 1),
+        define("c-3", 100, Some(2)),
+    ])
+    .when(reserve("c-4", "u-1", 1))
+    .then_accepted(98, 4);
 }
 
 #[test]
