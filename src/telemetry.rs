@@ -8,9 +8,8 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `RUST_LOG` wins over the configured level.
 pub fn init(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| settings.level.clone());
+    let filter = filter(&directives);
     let json = match settings.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
@@ -32,6 +31,18 @@ pub fn init(settings: &LogSettings) {
     let _ = result;
 }
 
+/// The filter for `directives`. The AMQP client's own logs stay out unless
+/// the directives name it: everything it reports that matters reaches the
+/// log through this crate's errors, in one line, without message bodies
+/// (it logs a returned message with its body, as bytes).
+fn filter(directives: &str) -> EnvFilter {
+    let mut filter = EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    if !directives.contains("lapin") {
+        filter = filter.add_directive("lapin=off".parse().expect("a valid directive"));
+    }
+    filter
+}
+
 /// An error and its causes, joined by ": ", for logs and messages.
 pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
@@ -42,4 +53,23 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_amqp_client_is_quiet_unless_asked_for() {
+        assert!(filter("info").to_string().contains("lapin=off"));
+        assert!(!filter("info,lapin=debug").to_string().contains("lapin=off"));
+    }
+
+    #[test]
+    fn chain_joins_every_cause() {
+        let io = std::io::Error::other("refused");
+        let e = anyhow::Error::new(io).context("connecting");
+        let boxed: Box<dyn std::error::Error + Send + Sync> = e.into();
+        assert_eq!(chain(&*boxed), "connecting: refused");
+    }
 }

@@ -120,7 +120,8 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
         .await
         .map_err(SessionError::Channel)?;
     let queues = consumed_queues(amqp, name);
-    let (mut tags, mut deliveries) = subscribe(&channel, &queues, name).await?;
+    let (mut tags, consumers) = subscribe(&channel, &queues, name).await?;
+    let mut deliveries: SelectAll<Consumer> = consumers.into_iter().collect();
     health.set_broker(true);
     health.set_consuming(true);
     info!(queue = %amqp.commands_queue, partitions = amqp.partitions, prefetch = amqp.prefetch, "consuming");
@@ -147,16 +148,20 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
             Ok(()) = store_state.changed() => {
                 let works = *store_state.borrow_and_update() == StoreState::Ok;
                 if !works && consuming {
+                    // What the broker sent before the cancel still arrives
+                    // on the old consumers: it is taken as usual.
                     cancel(&channel, std::mem::take(&mut tags)).await;
                     health.set_consuming(false);
                     warn!("redis fails: stopped taking deliveries until it works");
                 } else if works && !consuming {
-                    (tags, deliveries) = subscribe(&channel, &queues, name).await?;
+                    let consumers;
+                    (tags, consumers) = subscribe(&channel, &queues, name).await?;
+                    deliveries.extend(consumers);
                     health.set_consuming(true);
                     info!("redis works: taking deliveries again");
                 }
             }
-            next = deliveries.next(), if consuming => match next {
+            next = deliveries.next(), if !deliveries.is_empty() => match next {
                 Some(Ok(delivery)) => {
                     let span = info_span!(
                         "command",
@@ -170,7 +175,10 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
                     span.in_scope(|| pipeline.process(delivery));
                 }
                 Some(Err(e)) => break Err(SessionError::Consume(e)),
-                None => break Err(SessionError::Cancelled),
+                // Every consumer ended: cancelled by us while Redis fails,
+                // or else by the broker.
+                None if consuming => break Err(SessionError::Cancelled),
+                None => {}
             },
         }
     };
@@ -210,8 +218,8 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
     end
 }
 
-/// The consumers of one subscription: their tags and their deliveries.
-type Subscription = (Vec<ConsumerTag>, SelectAll<Consumer>);
+/// The consumers of one subscription, and their tags.
+type Subscription = (Vec<ConsumerTag>, Vec<Consumer>);
 
 /// Every queue a worker consumes, in the order this replica subscribes.
 /// The broker makes the first subscriber of a partition its active
@@ -249,7 +257,7 @@ async fn subscribe(
         consumers.push(consumer);
     }
     let tags = consumers.iter().map(|c| c.tag()).collect();
-    Ok((tags, futures_util::stream::select_all(consumers)))
+    Ok((tags, consumers))
 }
 
 /// Stops the consumers: no more deliveries; those held stay held.

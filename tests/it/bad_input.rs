@@ -112,3 +112,83 @@ async fn invalid_commands_are_rejected_with_reason_invalid() {
     assert!(!app.worker_finished(0));
     app.cleanup().await;
 }
+
+/// A producer's own `x-delivery-count` header is not the broker's: on a
+/// first delivery it is ignored, and a huge one overflows nothing. Commands
+/// on a resource whose stored state cannot be read fail every delivery and
+/// are dead-lettered at the queue's real count, with the error.
+#[tokio::test]
+async fn a_forged_delivery_count_is_not_trusted() {
+    use lapin::options::BasicPublishOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+    let mut app = TestApp::with(|s| s.amqp.delivery_limit = 3).await;
+    app.start_worker();
+    let state = app.store.keys().state(&rid("broken"));
+    let client = redis::Client::open(app.settings.redis.url.expose()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&state)
+        .arg("not json")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let channel = app.connection.create_channel().await.unwrap();
+    let forged = [
+        ("forged-19", AMQPValue::LongLongInt(19)),
+        ("forged-huge", AMQPValue::LongLongInt(i64::MAX)),
+        ("forged-u32", AMQPValue::LongUInt(u32::MAX)),
+    ];
+    for (id, count) in &forged {
+        let mut headers = FieldTable::default();
+        headers.insert("x-delivery-count".into(), count.clone());
+        let body = reserve(id, "broken", "u", 1).to_json();
+        channel
+            .basic_publish(
+                app.settings.amqp.commands_exchange.as_str().into(),
+                "broken".into(),
+                BasicPublishOptions::default(),
+                &body,
+                lapin::BasicProperties::default().with_headers(headers),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let dead = app.dead_letters(forged.len()).await;
+    for m in &dead {
+        let error = header_text(m.delivery.properties.headers(), "x-error").unwrap();
+        assert!(
+            error.starts_with("failed 3 deliveries") && error.contains(&state),
+            "counted by the queue, not the producer: {error:?}"
+        );
+    }
+    app.send(&define("d", "after", 1, None)).await;
+    assert!(
+        app.outcome("d").await.event.is_accepted(),
+        "still consuming"
+    );
+    assert!(!app.worker_finished(0));
+    app.cleanup().await;
+}
+
+/// A setting out of its range stops the binary before it connects, with
+/// exit code 2 and a message that names the key, its variable and the
+/// allowed range.
+#[test]
+fn an_invalid_setting_is_refused_with_its_key_and_range() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reservation-worker"))
+        .args(["run", "--name", "invalid"])
+        .env("RW_AMQP__PREFETCH", "0")
+        .env("RW_REDIS__IDEMPOTENCY_RETENTION_SECS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "amqp.prefetch (RW_AMQP__PREFETCH) is 0; it must be from 1 to 65535",
+        "redis.idempotency_retention_secs (RW_REDIS__IDEMPOTENCY_RETENTION_SECS) is 0",
+    ] {
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}

@@ -2,6 +2,11 @@
 
 use crate::helpers::*;
 use reservation_worker::domain::{Reason, Verdict};
+use reservation_worker::message::CommandBody;
+
+fn cmd(id: &str) -> reservation_worker::domain::CommandId {
+    reservation_worker::domain::CommandId::try_from(id).unwrap()
+}
 
 fn reason(e: &reservation_worker::message::EventEnvelope) -> Option<Reason> {
     match &e.event.verdict {
@@ -137,6 +142,78 @@ async fn a_command_published_twice_changes_state_once_and_repeats_its_event() {
             .count(),
         1
     );
+    app.cleanup().await;
+}
+
+/// A reserve and a cancel that changed the state are recognised on
+/// redelivery even after their idempotency records expired (deleted here),
+/// and repeat their events byte for byte; a reused id is still a conflict.
+#[tokio::test]
+async fn commands_that_changed_state_are_never_decided_again_after_their_records_expire() {
+    let mut app = TestApp::new().await;
+    app.start_worker();
+    app.send(&define("d1", "gig", 10, Some(4))).await;
+    app.outcome("d1").await;
+    let (r1, c1) = (reserve("r1", "gig", "alice", 3), cancel("c1", "gig", "r1"));
+    app.send(&r1).await;
+    let first_reserve = app.outcomes("r1", 1).await.remove(0).1;
+    app.send(&c1).await;
+    let first_cancel = app.outcomes("c1", 1).await.remove(0).1;
+    let before = app.store.summary(&rid("gig")).await.unwrap().unwrap();
+
+    let client = redis::Client::open(app.settings.redis.url.expose()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    for id in ["r1", "c1"] {
+        let key = app.store.keys().record(&rid("gig"), &cmd(id));
+        let deleted: u32 = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(deleted, 1, "{key} existed");
+    }
+    app.send(&r1).await;
+    app.send(&c1).await;
+    assert_eq!(
+        app.outcomes("r1", 2).await[1].1,
+        first_reserve,
+        "same event"
+    );
+    assert_eq!(app.outcomes("c1", 2).await[1].1, first_cancel, "same event");
+    let reused = reserve("r1", "gig", "bob", 1);
+    app.send(&reused).await;
+    let conflict = app.outcomes("r1", 3).await.remove(2).0;
+    assert_eq!(reason(&conflict), Some(Reason::IdempotencyConflict));
+    let after = app.store.summary(&rid("gig")).await.unwrap().unwrap();
+    assert_eq!(after, before, "state unchanged");
+    app.cleanup().await;
+}
+
+/// Contract v2 `define`: an absent `per_customer_limit` keeps the limit,
+/// `null` removes it.
+#[tokio::test]
+async fn define_keeps_the_limit_when_absent_and_removes_it_when_null() {
+    let mut app = TestApp::new().await;
+    app.start_worker();
+    let limit = |id: &str, limit: Option<Option<u32>>| CommandBody::Define {
+        command_id: cmd(id),
+        resource_id: rid("club"),
+        capacity: 10,
+        per_customer_limit: limit,
+    };
+    for (body, expected) in [
+        (limit("d1", Some(Some(4))), Some(4)),
+        (limit("d2", None), Some(4)),
+        (limit("d3", Some(None)), None),
+    ] {
+        let id = body.command_id().to_string();
+        app.send(&body).await;
+        let e = app.outcome(&id).await;
+        assert!(e.event.is_accepted(), "{id}");
+        assert_eq!(e.event.details.per_customer_limit, expected, "{id}'s event");
+        let s = app.store.summary(&rid("club")).await.unwrap().unwrap();
+        assert_eq!(s.per_customer_limit, expected, "after {id}");
+    }
     app.cleanup().await;
 }
 

@@ -49,7 +49,7 @@ type RunningWorker = (CancellationToken, JoinHandle<()>);
 /// Logs of in-process workers go to the test's captured output, which the
 /// test harness prints only when the test fails. `TEST_LOG` sets the filter
 /// (default `info`).
-fn init_test_logs() {
+pub fn init_test_logs() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into());
@@ -115,6 +115,14 @@ impl TestApp {
 
     /// Like [`TestApp::new`], with settings adjusted first.
     pub async fn with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        let app = Self::unobserved(adjust).await;
+        app.observe().await;
+        app
+    }
+
+    /// Like [`TestApp::with`], but nothing is bound to the events exchange
+    /// until [`TestApp::observe`].
+    pub async fn unobserved(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         init_test_logs();
         let (mut settings, prefix) = isolated_settings();
         adjust(&mut settings);
@@ -124,13 +132,38 @@ impl TestApp {
         let connection = admin::connect(&settings.amqp.url, &format!("{prefix}-test"))
             .await
             .expect("connect to RabbitMQ");
-        let mut subscription = Events::subscribe(&settings.amqp, &format!("{prefix}-events"))
+        let store = Store::new(&settings.redis).unwrap();
+        store
+            .ping()
+            .await
+            .expect("Redis must run on 127.0.0.1:6379 (scripts/services.sh starts it)");
+        let producer = Producer::connect(&settings.amqp).await.unwrap();
+        TestApp {
+            settings,
+            store,
+            producer,
+            connection,
+            events: Arc::new(Mutex::new(Vec::new())),
+            violations: Arc::new(Mutex::new(Vec::new())),
+            listening: CancellationToken::new(),
+            workers: Vec::new(),
+            prefix,
+            cleaned: false,
+        }
+    }
+
+    /// Binds a queue of the test's own to every outcome event and collects
+    /// them, checking each against the contract.
+    pub async fn observe(&self) {
+        let name = format!("{}-events", self.prefix);
+        let mut subscription = Events::subscribe(&self.settings.amqp, &name)
             .await
             .expect("subscribe to the events");
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let violations = Arc::new(Mutex::new(Vec::new()));
-        let listening = CancellationToken::new();
-        let (sink, broken, stop) = (events.clone(), violations.clone(), listening.clone());
+        let (sink, broken, stop) = (
+            self.events.clone(),
+            self.violations.clone(),
+            self.listening.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -160,24 +193,6 @@ impl TestApp {
             }
             let _ = subscription.close().await;
         });
-        let store = Store::new(&settings.redis).unwrap();
-        store
-            .ping()
-            .await
-            .expect("Redis must run on 127.0.0.1:6379 (scripts/services.sh starts it)");
-        let producer = Producer::connect(&settings.amqp).await.unwrap();
-        TestApp {
-            settings,
-            store,
-            producer,
-            connection,
-            events,
-            violations,
-            listening,
-            workers: Vec::new(),
-            prefix,
-            cleaned: false,
-        }
     }
 
     /// Starts one more worker replica (its own connections), built exactly

@@ -14,3 +14,6 @@ mod partitions;
 mod plan;
 mod process;
 mod proxy;
+mod redis_faults;
+mod redis_server;
+mod unrouted;
