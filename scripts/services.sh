@@ -85,6 +85,16 @@ ensure_hash_exchange_plugin() {
   fi
 }
 
+# The TLS tests put stunnel in front of the broker: install it if missing.
+ensure_stunnel() {
+  command -v stunnel4 >/dev/null || command -v stunnel >/dev/null && return 0
+  if ! install_pkg stunnel4; then
+    say "stunnel is not installed (the TLS tests need it). Install it, then rerun:"
+    say "  sudo apt-get install stunnel4    # Debian/Ubuntu"
+    exit 1
+  fi
+}
+
 ensure_cargo() {
   if command -v cargo >/dev/null; then return; fi
   [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH" && return

@@ -4,8 +4,8 @@
 //! Everything here goes through the same connection code as the worker.
 
 pub use crate::broker::{
-    Message, PublishError, Publisher, TopologyError, connect, consumed_queues, declare_topology,
-    delete_topology, partition_queues,
+    ConnectError, Message, PublishError, Publisher, TopologyError, connect, consumed_queues,
+    declare_topology, delete_topology, partition_queues,
 };
 pub use crate::store::{Store, StoreError, Summary};
 pub use crate::worker::decide_and_commit;

@@ -3,15 +3,17 @@
 //! `RW_<SECTION>__<KEY>` for everything else).
 
 mod secret;
+mod tls;
 mod validate;
 
 pub use secret::SecretUrl;
+pub use tls::{TlsFileError, TlsFiles, TlsPaths};
 pub use validate::Problem;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Why the settings cannot be used.
@@ -62,6 +64,15 @@ pub struct HttpSettings {
 pub struct AmqpSettings {
     /// Broker URL (`AMQP_URL`).
     pub url: SecretUrl,
+    /// CA certificates (PEM) to trust for `amqps://`, besides the system's.
+    #[serde(default, deserialize_with = "path_or_empty")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS.
+    #[serde(default, deserialize_with = "path_or_empty")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(default, deserialize_with = "path_or_empty")]
+    pub tls_key_file: Option<PathBuf>,
     /// Unacked deliveries per worker.
     pub prefetch: u16,
     /// Exchange producers publish commands to.
@@ -101,6 +112,16 @@ pub struct AmqpSettings {
 pub struct RedisSettings {
     /// Redis URL (`REDIS_URL`).
     pub url: SecretUrl,
+    /// CA certificates (PEM) to trust for `rediss://`, instead of the
+    /// system's.
+    #[serde(default, deserialize_with = "path_or_empty")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS.
+    #[serde(default, deserialize_with = "path_or_empty")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(default, deserialize_with = "path_or_empty")]
+    pub tls_key_file: Option<PathBuf>,
     /// Prefix of every key.
     pub key_prefix: String,
     /// Transaction connections.
@@ -230,7 +251,35 @@ impl Settings {
     }
 }
 
+/// A path setting: an empty value is no path.
+fn path_or_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let path = Option::<PathBuf>::deserialize(d)?;
+    Ok(path.filter(|p| !p.as_os_str().is_empty()))
+}
+
+impl RedisSettings {
+    /// The TLS files for `rediss://`.
+    pub fn tls(&self) -> TlsPaths<'_> {
+        TlsPaths {
+            section: "redis",
+            ca: self.tls_ca_file.as_deref(),
+            cert: self.tls_cert_file.as_deref(),
+            key: self.tls_key_file.as_deref(),
+        }
+    }
+}
+
 impl AmqpSettings {
+    /// The TLS files for `amqps://`.
+    pub fn tls(&self) -> TlsPaths<'_> {
+        TlsPaths {
+            section: "amqp",
+            ca: self.tls_ca_file.as_deref(),
+            cert: self.tls_cert_file.as_deref(),
+            key: self.tls_key_file.as_deref(),
+        }
+    }
+
     /// [`Self::confirm_timeout_ms`] as a duration.
     pub fn confirm_timeout(&self) -> Duration {
         Duration::from_millis(self.confirm_timeout_ms)

@@ -67,4 +67,5 @@ mod broker;
 mod health;
 mod http;
 mod store;
+mod tls;
 mod worker;

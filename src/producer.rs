@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub use crate::broker::ConnectError;
 use crate::broker::{self, Message, PublishError, Publisher};
 use crate::config::AmqpSettings;
 use crate::message::{CommandBody, EventEnvelope};
@@ -31,9 +32,11 @@ pub struct Producer {
 
 impl Producer {
     /// Connects and opens a confirm-mode channel.
-    pub async fn connect(settings: &AmqpSettings) -> Result<Producer, lapin::Error> {
-        let connection = broker::connect(&settings.url, "reservation-producer").await?;
-        let publisher = Publisher::open(&connection, settings.confirm_timeout()).await?;
+    pub async fn connect(settings: &AmqpSettings) -> Result<Producer, ConnectError> {
+        let connection = broker::connect(settings, "reservation-producer").await?;
+        let publisher = Publisher::open(&connection, settings.confirm_timeout())
+            .await
+            .map_err(ConnectError::Channel)?;
         Ok(Producer {
             connection,
             publisher,
@@ -99,10 +102,15 @@ impl ReceivedEvent {
 
 impl Events {
     /// Subscribes, with a connection named `name`.
-    pub async fn subscribe(settings: &AmqpSettings, name: &str) -> Result<Events, lapin::Error> {
-        let connection = broker::connect(&settings.url, name).await?;
-        let channel = connection.create_channel().await?;
-        let consumer = broker::subscribe_to_events(&channel, settings, name).await?;
+    pub async fn subscribe(settings: &AmqpSettings, name: &str) -> Result<Events, ConnectError> {
+        let connection = broker::connect(settings, name).await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(ConnectError::Channel)?;
+        let consumer = broker::subscribe_to_events(&channel, settings, name)
+            .await
+            .map_err(ConnectError::Channel)?;
         Ok(Events {
             connection,
             consumer,

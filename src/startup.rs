@@ -107,9 +107,7 @@ pub struct SetUp {
 /// restored or `setup` runs again, accepting the empty store.
 pub async fn setup(settings: &Settings) -> anyhow::Result<SetUp> {
     let a = &settings.amqp;
-    let connection = broker::connect(&a.url, "reservation-setup")
-        .await
-        .with_context(|| format!("connecting to {}", a.url))?;
+    let connection = broker::connect(a, "reservation-setup").await?;
     let channel = connection.create_channel().await?;
     let declared = broker::declare_topology(&channel, a).await;
     if channel.status().connected() {

@@ -35,6 +35,7 @@ use crate::domain::{Resource, ResourceId};
 use crate::message::EventEnvelope;
 use deadpool_redis::{Hook, HookError, Pool, Runtime};
 use error::corrupt;
+use redis::IntoConnectionInfo;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -73,17 +74,38 @@ impl Store {
     /// Like [`Store::new`], with every connection named `client_name`
     /// (`CLIENT SETNAME`), so `CLIENT LIST` shows which replica owns it.
     pub fn named(redis: &RedisSettings, client_name: Option<&str>) -> anyhow::Result<Store> {
-        let mut config = deadpool_redis::Config::from_url(redis.url.expose());
-        config.pool = Some(deadpool_redis::PoolConfig {
-            max_size: redis.pool_size,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(Duration::from_secs(5)),
-                create: Some(Duration::from_secs(5)),
-                recycle: Some(Duration::from_secs(5)),
-            },
-            ..Default::default()
-        });
-        let mut builder = config.builder()?.runtime(Runtime::Tokio1);
+        crate::tls::install_crypto();
+        let info = redis.url.expose().into_connection_info()?;
+        // `rediss://` is TLS: verified against `redis.tls_ca_file` when given,
+        // else the system's roots; it never falls back to plaintext.
+        let tls = redis.tls();
+        let client = if tls.any() {
+            let files = tls.read()?;
+            let certificates = redis::TlsCertificates {
+                client_tls: files.identity.map(|(client_cert, client_key)| {
+                    redis::ClientTlsConfig {
+                        client_cert,
+                        client_key,
+                    }
+                }),
+                root_cert: files.ca,
+            };
+            redis::Client::build_with_tls(info, certificates)?
+        } else {
+            redis::Client::open(info)?
+        };
+        let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())?;
+        let mut builder = Pool::builder(manager)
+            .config(deadpool_redis::PoolConfig {
+                max_size: redis.pool_size,
+                timeouts: deadpool_redis::Timeouts {
+                    wait: Some(Duration::from_secs(5)),
+                    create: Some(Duration::from_secs(5)),
+                    recycle: Some(Duration::from_secs(5)),
+                },
+                ..Default::default()
+            })
+            .runtime(Runtime::Tokio1);
         if let Some(name) = client_name {
             // Redis client names cannot contain spaces.
             let name: String = name

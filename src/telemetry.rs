@@ -4,7 +4,9 @@
 
 use crate::config::{LogFormat, LogSettings};
 use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Installs the global subscriber. `RUST_LOG` wins over the configured level.
 pub fn init(settings: &LogSettings) {
@@ -15,20 +17,32 @@ pub fn init(settings: &LogSettings) {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = if json {
-        builder
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = if json {
+        layer
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .try_init()
+            .boxed()
     } else {
-        builder.try_init()
+        layer.boxed()
     };
+    let result = tracing_subscriber::registry()
+        .with(
+            layer
+                .with_filter(filter)
+                .with_filter(filter_fn(never_frames)),
+        )
+        .try_init();
     // A second init (tests) keeps the first subscriber.
     let _ = result;
+}
+
+/// The AMQP client traces every frame it reads and writes, and frames hold
+/// the login's password (as bytes) and message bodies: those are never
+/// logged, whatever the filter asks for.
+fn never_frames(meta: &tracing::Metadata<'_>) -> bool {
+    !(*meta.level() == tracing::Level::TRACE && meta.target().starts_with("lapin"))
 }
 
 /// The filter for `directives`. The AMQP client's own logs stay out unless

@@ -152,7 +152,7 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| format!("rush-{}", time::OffsetDateTime::now_utc().unix_timestamp()));
     let resource_id = ResourceId::try_from(resource.clone()).context("--resource")?;
-    let connection = admin::connect(&a.url, "reservation-rush")
+    let connection = admin::connect(a, "reservation-rush")
         .await
         .with_context(|| format!("connecting to {}", a.url))?;
     let channel = connection.create_channel().await?;

@@ -108,13 +108,10 @@ pub async fn collect(
         url: url.clone(),
         reason,
     };
-    let connection = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        admin::connect(&a.url, "reservation-status"),
-    )
-    .await
-    .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-    .map_err(|e| unreachable(e.to_string()))?;
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, admin::connect(a, "reservation-status"))
+        .await
+        .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| unreachable(e.to_string()))?;
 
     let queues = async {
         let commands = inspect_queue(&connection, &a.commands_queue).await?;

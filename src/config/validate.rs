@@ -1,7 +1,7 @@
 //! Every setting checked at load, with an error that names the key and what
 //! it may be.
 
-use super::Settings;
+use super::{Settings, TlsPaths};
 use std::fmt;
 use std::ops::RangeInclusive;
 
@@ -59,7 +59,9 @@ pub fn problems(s: &Settings) -> Vec<Problem> {
         a.confirm_timeout_ms,
         1..=3_600_000,
     );
+    p.tls("amqp", a.url.expose(), "amqps", a.tls());
     p.urls("redis.url", r.url.expose(), &["redis", "rediss"]);
+    p.tls("redis", r.url.expose(), "rediss", r.tls());
     if r.key_prefix.contains(['{', '}']) {
         p.fail(
             "redis.key_prefix",
@@ -126,6 +128,48 @@ impl Checks {
                     allowed.start(),
                     allowed.end()
                 ),
+            );
+        }
+    }
+
+    /// TLS files only for a TLS URL, a certificate with its key, and files
+    /// that exist.
+    fn tls(&mut self, section: &'static str, urls: &str, scheme: &str, paths: TlsPaths<'_>) {
+        let (ca, cert, key) = match section {
+            "amqp" => (
+                "amqp.tls_ca_file",
+                "amqp.tls_cert_file",
+                "amqp.tls_key_file",
+            ),
+            _ => (
+                "redis.tls_ca_file",
+                "redis.tls_cert_file",
+                "redis.tls_key_file",
+            ),
+        };
+        let tls = urls
+            .split(',')
+            .all(|u| u.trim_start().starts_with(&format!("{scheme}://")));
+        for (key, path) in [(ca, paths.ca), (cert, paths.cert), (key, paths.key)] {
+            let Some(path) = path else { continue };
+            if !tls {
+                self.fail(
+                    key,
+                    format!(
+                        "is set, but the URL is not {scheme}://: TLS files apply only to TLS URLs"
+                    ),
+                );
+            } else if !path.is_file() {
+                self.fail(
+                    key,
+                    format!("names {}, which is not a readable file", path.display()),
+                );
+            }
+        }
+        if paths.cert.is_some() != paths.key.is_some() {
+            self.fail(
+                cert,
+                format!("and {key} go together: set both for mutual TLS, or neither"),
             );
         }
     }
@@ -254,6 +298,41 @@ mod tests {
                 wrong[0]
             );
         }
+    }
+
+    #[test]
+    fn tls_files_need_a_tls_url_a_pair_and_a_file() {
+        let this_file = std::path::PathBuf::from(file!());
+        let file = std::env::current_dir().unwrap().join(this_file);
+        let wrong = keys_wrong(|s| s.amqp.tls_ca_file = Some(file.clone()));
+        assert_eq!(wrong.len(), 1);
+        assert!(
+            wrong[0].starts_with(
+                "amqp.tls_ca_file (RW_AMQP__TLS_CA_FILE) is set, but the URL is not amqps://"
+            ),
+            "{wrong:?}"
+        );
+        let wrong = keys_wrong(|s| {
+            s.redis.url = super::super::SecretUrl::new("rediss://h:6380/0");
+            s.redis.tls_ca_file = Some("/nonexistent/ca.pem".into());
+            s.redis.tls_cert_file = Some(file.clone());
+        });
+        assert_eq!(wrong.len(), 2, "{wrong:?}");
+        assert!(
+            wrong[0].contains("/nonexistent/ca.pem, which is not a readable file"),
+            "{wrong:?}"
+        );
+        assert!(
+            wrong[1].starts_with(
+                "redis.tls_cert_file (RW_REDIS__TLS_CERT_FILE) and redis.tls_key_file go together"
+            ),
+            "{wrong:?}"
+        );
+        let fine = keys_wrong(|s| {
+            s.redis.url = super::super::SecretUrl::new("rediss://h:6380/0");
+            s.redis.tls_ca_file = Some(file.clone());
+        });
+        assert!(fine.is_empty(), "{fine:?}");
     }
 
     #[test]

@@ -1,6 +1,16 @@
 //! Key names, under a configurable prefix.
+//!
+//! Every key of resource `R` is `<prefix>{<tag of R>}:<suffix>`, where the
+//! tag is `R` with `%`, `{` and `}` percent-encoded (`%25`, `%7B`, `%7D`).
+//! So the tag never contains a brace: it is exactly the Redis Cluster hash
+//! tag, never empty, and no resource id can name or share another's keys
+//! (`victim}:cmd:x` is the tag `victim%7D:cmd:x`, a resource of its own).
+//! The encoding is injective, and readable for the ids people use. The
+//! setup marker's tag, `%setup`, is one no encoding produces (a `%` is
+//! always followed by two hex digits).
 
 use crate::domain::{CommandId, ResourceId};
+use std::borrow::Cow;
 
 /// The keys of every resource, under one prefix.
 #[derive(Debug, Clone)]
@@ -22,7 +32,7 @@ impl Keys {
     }
 
     fn key(&self, r: &ResourceId, suffix: &str) -> String {
-        format!("{}{{{r}}}:{suffix}", self.prefix)
+        format!("{}{{{}}}:{suffix}", self.prefix, tag(r))
     }
 
     /// The scalar state.
@@ -60,17 +70,107 @@ impl Keys {
 
     /// The marker, where one key serves every resource (a single Redis).
     pub fn marker_of_any(&self) -> String {
-        format!("{}{{setup}}:initialised", self.prefix)
+        format!("{}{{%setup}}:initialised", self.prefix)
     }
 
     /// A key the readiness probe writes to, to learn whether Redis takes
     /// writes.
     pub fn probe(&self) -> String {
-        format!("{}{{setup}}:probe", self.prefix)
+        format!("{}{{%setup}}:probe", self.prefix)
     }
 
     /// One command's idempotency record.
     pub fn record(&self, r: &ResourceId, c: &CommandId) -> String {
         self.key(r, &format!("cmd:{c}"))
+    }
+}
+
+/// A resource's hash tag: its id with `%`, `{` and `}` percent-encoded.
+pub fn tag(r: &ResourceId) -> Cow<'_, str> {
+    let id = r.as_str();
+    if !id.contains(['%', '{', '}']) {
+        return Cow::Borrowed(id);
+    }
+    let mut out = String::with_capacity(id.len() + 8);
+    for c in id.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rid(s: &str) -> ResourceId {
+        ResourceId::try_from(s).unwrap()
+    }
+
+    /// The hash tag Redis Cluster takes from `key`: what lies between the
+    /// first `{` and the next `}`, if not empty.
+    fn cluster_tag(key: &str) -> Option<&str> {
+        let open = key.find('{')?;
+        let close = key[open + 1..].find('}')? + open + 1;
+        (close > open + 1).then(|| &key[open + 1..close])
+    }
+
+    #[test]
+    fn plain_ids_stay_readable() {
+        let keys = Keys::new("rw:");
+        assert_eq!(keys.state(&rid("concert-42")), "rw:{concert-42}:state");
+    }
+
+    #[test]
+    fn no_id_can_name_another_resources_keys() {
+        let keys = Keys::new("rw:");
+        let victim = rid("victim");
+        let attacker = rid("victim}:cmd:x");
+        let theirs = [
+            keys.state(&victim),
+            keys.holdings(&victim),
+            keys.record(&victim, &CommandId::try_from("x").unwrap()),
+        ];
+        for key in [
+            keys.state(&attacker),
+            keys.holdings(&attacker),
+            keys.reservations(&attacker),
+            keys.history(&attacker),
+            keys.applied(&attacker),
+            keys.record(&attacker, &CommandId::try_from("x").unwrap()),
+        ] {
+            assert!(!theirs.contains(&key), "{key}");
+            assert_eq!(cluster_tag(&key), Some("victim%7D:cmd:x"), "{key}");
+        }
+    }
+
+    #[test]
+    fn every_key_of_a_resource_has_exactly_its_tag() {
+        let keys = Keys::new("p:");
+        for id in ["}", "{", "}x{", "{}", "a{b}c", "%7D", "%", "é{"] {
+            let r = rid(id);
+            for key in [keys.state(&r), keys.history(&r), keys.applied(&r)] {
+                let t = cluster_tag(&key).unwrap_or_else(|| panic!("{key} has a tag"));
+                assert_eq!(t, tag(&r), "{key}");
+                assert!(!t.contains(['{', '}']));
+            }
+        }
+    }
+
+    #[test]
+    fn the_encoding_is_injective_and_never_the_markers_tag() {
+        let ids = ["%", "%25", "{", "%7B", "}", "%7D", "%%", "%setup", "setup"];
+        let tags: std::collections::HashSet<_> =
+            ids.iter().map(|i| tag(&rid(i)).into_owned()).collect();
+        assert_eq!(tags.len(), ids.len(), "{tags:?}");
+        assert!(!tags.contains("%setup"));
+        assert_eq!(
+            cluster_tag(&Keys::new("p:").marker_of_any()),
+            Some("%setup")
+        );
     }
 }

@@ -24,8 +24,8 @@ use tracing::{field, info, info_span, warn};
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     /// No connection.
-    #[error("connecting to the broker")]
-    Connect(#[source] lapin::Error),
+    #[error(transparent)]
+    Connect(broker::ConnectError),
     /// The topology could not be declared.
     #[error(transparent)]
     Topology(#[from] TopologyError),
@@ -82,7 +82,7 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
         name,
     } = replica;
     let amqp = &settings.amqp;
-    let connection = broker::connect(&amqp.url, name)
+    let connection = broker::connect(amqp, name)
         .await
         .map_err(SessionError::Connect)?;
     let setup = connection
@@ -98,7 +98,7 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
     let publishing = if amqp.separate_publisher_connection {
         let name = format!("{name}-publisher");
         Some(
-            broker::connect(&amqp.url, &name)
+            broker::connect(amqp, &name)
                 .await
                 .map_err(SessionError::Connect)?,
         )

@@ -19,7 +19,7 @@ use futures_util::future::join_all;
 use lapin::types::FieldTable;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use reservation_worker::config::{SecretUrl, Settings};
+use reservation_worker::config::{AmqpSettings, SecretUrl, Settings};
 use reservation_worker::domain::{CommandKind, Reason, Verdict};
 use reservation_worker::message::{CommandBody, EventEnvelope};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -955,12 +955,14 @@ async fn the_proxy_catches_an_ack_sent_before_the_confirm() {
     use lapin::options::{BasicAckOptions, BasicConsumeOptions, ConfirmSelectOptions};
     let app = TestApp::new().await;
     let proxy = Proxy::start(&authority(&app.settings.amqp.url)).await;
-    let conn = reservation_worker::admin::connect(
-        &proxy.url(&app.settings.amqp.url),
-        &format!("{}-monitor", app.prefix()),
-    )
-    .await
-    .unwrap();
+    let through_proxy = AmqpSettings {
+        url: proxy.url(&app.settings.amqp.url),
+        ..app.settings.amqp.clone()
+    };
+    let conn =
+        reservation_worker::admin::connect(&through_proxy, &format!("{}-monitor", app.prefix()))
+            .await
+            .unwrap();
     let publisher = conn.create_channel().await.unwrap();
     publisher
         .confirm_select(ConfirmSelectOptions::default())
@@ -1045,12 +1047,14 @@ async fn publisher_confirms_belong_to_their_own_publish() {
     use std::sync::Arc;
     let app = TestApp::new().await;
     let proxy = Arc::new(Proxy::start(&authority(&app.settings.amqp.url)).await);
-    let conn = reservation_worker::admin::connect(
-        &proxy.url(&app.settings.amqp.url),
-        &format!("{}-confirms", app.prefix()),
-    )
-    .await
-    .unwrap();
+    let through_proxy = AmqpSettings {
+        url: proxy.url(&app.settings.amqp.url),
+        ..app.settings.amqp.clone()
+    };
+    let conn =
+        reservation_worker::admin::connect(&through_proxy, &format!("{}-confirms", app.prefix()))
+            .await
+            .unwrap();
     let publisher = Publisher::open(&conn, Duration::from_secs(10))
         .await
         .unwrap();

@@ -129,7 +129,7 @@ impl TestApp {
         startup::setup(&settings)
             .await
             .expect("RabbitMQ must run on 127.0.0.1:5672 (scripts/services.sh starts it)");
-        let connection = admin::connect(&settings.amqp.url, &format!("{prefix}-test"))
+        let connection = admin::connect(&settings.amqp, &format!("{prefix}-test"))
             .await
             .expect("connect to RabbitMQ");
         let store = Store::new(&settings.redis).unwrap();
@@ -429,7 +429,7 @@ impl Drop for TestApp {
 }
 
 async fn cleanup(settings: &Settings) {
-    if let Ok(connection) = admin::connect(&settings.amqp.url, "test-cleanup").await {
+    if let Ok(connection) = admin::connect(&settings.amqp, "test-cleanup").await {
         if let Ok(channel) = connection.create_channel().await {
             admin::delete_topology(&channel, &settings.amqp).await;
             let _ = channel.close(200, "".into()).await;

@@ -16,4 +16,6 @@ mod process;
 mod proxy;
 mod redis_faults;
 mod redis_server;
+mod secrets;
+mod tls;
 mod unrouted;

@@ -46,11 +46,16 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/services.sh installs it)");
+        let password = extra
+            .iter()
+            .position(|a| *a == "--requirepass")
+            .and_then(|i| extra.get(i + 1))
+            .map(|p| p.to_string());
         let server = RedisServer {
             child,
             port,
             dir,
-            password: std::sync::Mutex::new(None),
+            password: std::sync::Mutex::new(password),
         };
         eventually("the private redis-server to answer", || async {
             server.try_cmd(&["PING"]).await.ok()

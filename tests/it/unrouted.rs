@@ -80,7 +80,7 @@ async fn a_v1_events_exchange_is_migrated_by_policy_keeping_its_bindings() {
     settings.amqp.url = reservation_worker::config::SecretUrl::new(url);
     let result = async {
         // v1's declaration, and a consumer's queue bound to it.
-        let connection = reservation_worker::admin::connect(&settings.amqp.url, "v1")
+        let connection = reservation_worker::admin::connect(&settings.amqp, "v1")
             .await
             .unwrap();
         let channel = connection.create_channel().await.unwrap();

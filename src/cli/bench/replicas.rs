@@ -133,7 +133,7 @@ pub async fn null_worker(
 ) -> anyhow::Result<()> {
     let a = &settings.amqp;
     serve_metrics(settings, &shutdown).await?;
-    let connection = admin::connect(&a.url, name).await?;
+    let connection = admin::connect(a, name).await?;
     let publisher = Publisher::open(&connection, a.confirm_timeout()).await?;
     let channel = connection.create_channel().await?;
     channel

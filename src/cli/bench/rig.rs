@@ -47,7 +47,7 @@ pub(super) async fn remove_open_runs() {
             "{}-cleanup",
             settings.redis.key_prefix.trim_end_matches(':')
         );
-        if let Ok(connection) = admin::connect(&settings.amqp.url, &name).await {
+        if let Ok(connection) = admin::connect(&settings.amqp, &name).await {
             remove_run(&connection, &settings).await;
             let _ = connection.close(200, "bench interrupted".into()).await;
         }
@@ -149,7 +149,7 @@ impl Rig {
         let (settings, prefix) = isolated(base);
         OPEN_RUNS.lock().expect("lock").push(settings.clone());
         let a = &settings.amqp;
-        let connection = admin::connect(&a.url, &format!("{prefix}-bench"))
+        let connection = admin::connect(a, &format!("{prefix}-bench"))
             .await
             .context("connecting to the broker")?;
         let channel = connection.create_channel().await?;
