@@ -8,6 +8,7 @@ mod crash;
 mod faults;
 mod helpers;
 mod http;
+mod memory;
 mod partitions;
 // The rush's traffic generator, shared with the binary.
 #[path = "../../src/cli/rush/plan.rs"]
