@@ -15,6 +15,8 @@ use crate::domain::{
 use std::borrow::Cow;
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
 
 /// Decodes one delivery body into a command (possibly [`Action::Invalid`])
