@@ -71,7 +71,10 @@ macro_rules! id_type {
         impl TryFrom<&str> for $name {
             type Error = IdError;
             fn try_from(s: &str) -> Result<Self, IdError> {
-                Self::try_from(s.to_owned())
+                // Checked before the copy: a megabyte-long candidate read
+                // from a command body is refused without being copied.
+                validate(s)?;
+                Ok(Self(s.to_owned()))
             }
         }
 
@@ -131,6 +134,15 @@ mod tests {
             Err(IdError::TooLong(129))
         );
         assert_eq!(CustomerId::try_from("a\nb"), Err(IdError::NotPrintable));
+        // Borrowed candidates get the same verdicts as owned ones.
+        assert_eq!(
+            ResourceId::try_from("x".repeat(129).as_str()),
+            Err(IdError::TooLong(129))
+        );
+        assert_eq!(
+            CustomerId::try_from(String::from("a\u{0}b")),
+            Err(IdError::NotPrintable)
+        );
     }
 
     #[test]

@@ -1,0 +1,168 @@
+//! Decoding a command body into a [`Submission`]: one borrowing pass over
+//! the body ([`Fields::read`]), then each field parsed from its raw text.
+//!
+//! The size limit is checked before anything is parsed: an oversized body
+//! is still walked (to tell unreadable from `invalid`), but only its ids
+//! and `type` are read from it, and no value is copied.
+
+use super::fields::{Fields, Key, Malformed};
+use super::raw::{self, Text};
+use super::{CommandBody, MAX_BODY_BYTES, Unreadable, sha256_hex};
+use crate::domain::{
+    Action, Command, CommandId, CommandKind, IdError, LimitChange, MAX_ID_CHARS, ResourceId,
+    Submission,
+};
+use std::borrow::Cow;
+
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+mod tests;
+
+/// Decodes one delivery body into a command (possibly [`Action::Invalid`])
+/// and the hash that identifies its body for idempotency.
+pub fn decode(body: &[u8]) -> Result<Submission, Unreadable> {
+    // Known before the walk: of an oversized body only the ids and `type`
+    // are parsed, whatever else it holds.
+    let oversized = body.len() > MAX_BODY_BYTES;
+    let fields = Fields::read(body)?;
+    let command_id: CommandId = tie_id(&fields, Key::CommandId).map_err(Unreadable)?;
+    let resource_id: ResourceId = tie_id(&fields, Key::ResourceId).map_err(Unreadable)?;
+    let kind = kind(&fields);
+    let action = if oversized {
+        Err(format!(
+            "body is {} bytes; at most {MAX_BODY_BYTES} are allowed",
+            body.len()
+        ))
+    } else {
+        parse_action(kind, &fields)
+    };
+    let (action, body_hash) = match action {
+        Ok(action) => {
+            let canonical = CommandBody::from_parts(&command_id, &resource_id, &action);
+            let hash = sha256_hex(&serde_json::to_vec(&canonical).expect("plain struct"));
+            (action, hash)
+        }
+        Err(detail) => (Action::Invalid { kind, detail }, sha256_hex(body)),
+    };
+    Ok(Submission {
+        command: Command {
+            command_id,
+            resource_id,
+            action,
+        },
+        body_hash,
+    })
+}
+
+impl From<Malformed> for Unreadable {
+    fn from(malformed: Malformed) -> Self {
+        Unreadable(malformed.to_string())
+    }
+}
+
+/// One of the two ids that tie a body to a command; given twice, neither
+/// copy can be trusted to be the one the producer meant.
+fn tie_id<T>(f: &Fields, key: Key) -> Result<T, String>
+where
+    T: for<'a> TryFrom<&'a str, Error = IdError> + TryFrom<String, Error = IdError>,
+{
+    if f.is_duplicated(key) {
+        return Err(format!("duplicate key {}", key.name()));
+    }
+    required_id(f, key)
+}
+
+/// The command's kind; a duplicated `type` names none.
+fn kind(f: &Fields) -> CommandKind {
+    if f.is_duplicated(Key::Type) {
+        return CommandKind::Unknown;
+    }
+    let Some(Text::Chars(name)) = f.get(Key::Type).map(|raw| raw::text(raw, "reserve".len()))
+    else {
+        return CommandKind::Unknown;
+    };
+    match name.as_ref() {
+        "define" => CommandKind::Define,
+        "reserve" => CommandKind::Reserve,
+        "cancel" => CommandKind::Cancel,
+        _ => CommandKind::Unknown,
+    }
+}
+
+fn parse_action(kind: CommandKind, f: &Fields) -> Result<Action, String> {
+    if let Some(key) = f.first_duplicate() {
+        return Err(format!("duplicate key {}", key.name()));
+    }
+    match kind {
+        CommandKind::Define => Ok(Action::Define {
+            capacity: count(f, Key::Capacity, 0)?.ok_or("capacity is required")?,
+            per_customer_limit: match f.get(Key::PerCustomerLimit).map(|raw| raw.get()) {
+                None => LimitChange::Keep,
+                Some("null") => LimitChange::Remove,
+                Some(_) => LimitChange::Set(count(f, Key::PerCustomerLimit, 1)?.expect("present")),
+            },
+        }),
+        CommandKind::Reserve => Ok(Action::Reserve {
+            customer_id: required_id(f, Key::CustomerId)?,
+            quantity: count(f, Key::Quantity, 1)?.ok_or("quantity is required")?,
+        }),
+        CommandKind::Cancel => Ok(Action::Cancel {
+            reservation_id: required_id(f, Key::ReservationId)?,
+        }),
+        CommandKind::Unknown => Err(match f.get(Key::Type) {
+            None => "type is required: one of define, reserve, cancel".into(),
+            Some(t) => format!(
+                "type {} is not one of define, reserve, cancel",
+                raw::short(t)
+            ),
+        }),
+    }
+}
+
+fn required_id<T>(f: &Fields, key: Key) -> Result<T, String>
+where
+    T: for<'a> TryFrom<&'a str, Error = IdError> + TryFrom<String, Error = IdError>,
+{
+    let name = key.name();
+    let raw = match f.get(key) {
+        None => return Err(format!("{name} is required")),
+        Some(raw) if raw.get() == "null" => return Err(format!("{name} is required")),
+        Some(raw) => raw,
+    };
+    let id = match raw::text(raw, MAX_ID_CHARS) {
+        Text::Chars(Cow::Borrowed(s)) => T::try_from(s),
+        Text::Chars(Cow::Owned(s)) => T::try_from(s),
+        Text::Long(chars) => Err(IdError::TooLong(chars)),
+        Text::NotAString => {
+            return Err(format!("{name} must be a string, got {}", raw::short(raw)));
+        }
+    };
+    id.map_err(|e| format!("{name} {e}"))
+}
+
+/// An optional integer field in `min..=u32::MAX`.
+fn count(f: &Fields, key: Key, min: u32) -> Result<Option<u32>, String> {
+    let raw = match f.get(key) {
+        None => return Ok(None),
+        Some(raw) if raw.get() == "null" => return Ok(None),
+        Some(raw) => raw,
+    };
+    // Only an integer literal reads as a u64: a fraction, an exponent or a
+    // number past u64 is refused by serde_json itself. Anything that is not
+    // a number is refused before serde_json would copy it into its error.
+    Some(raw.get())
+        .filter(|json| json.starts_with(|c: char| c == '-' || c.is_ascii_digit()))
+        .and_then(|json| serde_json::from_str::<u64>(json).ok())
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n >= min)
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "{} must be an integer from {min} to {}, got {}",
+                key.name(),
+                u32::MAX,
+                raw::short(raw)
+            )
+        })
+}
