@@ -13,6 +13,8 @@ use std::time::Instant;
 pub struct Delivery {
     inner: lapin::message::Delivery,
     settler: Settler,
+    /// The body was let go of (see [`Delivery::release_body`]).
+    released: bool,
     _held: Held,
 }
 
@@ -22,13 +24,27 @@ impl Delivery {
         Delivery {
             inner,
             settler,
+            released: false,
             _held: Held::start(),
         }
     }
 
-    /// The message body.
+    /// The message body (empty once released).
     pub fn body(&self) -> &[u8] {
         &self.inner.data
+    }
+
+    /// Frees the body, when nothing will need it again. A delivery without
+    /// its body cannot be dead-lettered by the worker; the queue's own
+    /// delivery limit dead-letters it, body and all.
+    pub fn release_body(&mut self) {
+        self.inner.data = Vec::new();
+        self.released = true;
+    }
+
+    /// Whether the body is still here to be dead-lettered.
+    pub fn has_body(&self) -> bool {
+        !self.released
     }
 
     /// Earlier deliveries of this message: the quorum queue's

@@ -175,28 +175,35 @@ fn is_json_whitespace(c: char) -> bool {
 /// than [`MAX_DEPTH`]. Exact for valid JSON; on invalid JSON either verdict
 /// is fine, as the walk fails anyway.
 fn check_depth(text: &str) -> Result<(), Malformed> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for (at, byte) in text.bytes().enumerate() {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-        } else {
-            match byte {
-                b'"' => in_string = true,
-                b'[' | b'{' => {
-                    depth += 1;
-                    if depth > MAX_DEPTH {
-                        return Err(Malformed::TooDeep(at));
+    let bytes = text.as_bytes();
+    let (mut depth, mut at) = (0usize, 0usize);
+    while at < bytes.len() {
+        match bytes[at] {
+            // A string: jump to its closing quote, past escaped characters
+            // (most of a huge body is one string, so this is the fast path).
+            b'"' => {
+                at += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &bytes[at..]) {
+                        Some(i) if bytes[at + i] == b'\\' => at = (at + i + 2).min(bytes.len()),
+                        Some(i) => {
+                            at += i;
+                            break;
+                        }
+                        None => return Ok(()),
                     }
                 }
-                b']' | b'}' => depth = depth.saturating_sub(1),
-                _ => {}
             }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(Malformed::TooDeep(at));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
         }
+        at += 1;
     }
     Ok(())
 }

@@ -94,6 +94,7 @@ pub(super) fn disposition(
     result: Result<(), Failure>,
     earlier_deliveries: u32,
     delivery_limit: u32,
+    has_body: bool,
 ) -> Disposition {
     match result {
         Ok(()) => Disposition::Ack,
@@ -104,7 +105,9 @@ pub(super) fn disposition(
         },
         Err(failure) => {
             let deliveries = earlier_deliveries.saturating_add(1);
-            if deliveries >= delivery_limit {
+            // Without its body the message cannot be dead-lettered from
+            // here: the queue's own delivery limit does it.
+            if deliveries >= delivery_limit && has_body {
                 // The queue's own delivery limit would drop the reason:
                 // dead-letter it here, with the error in `x-error`.
                 Disposition::DeadLetter {
@@ -158,10 +161,17 @@ impl Pipeline {
     /// queued for its decision now, in the order the broker delivered it,
     /// so the commands of one resource are decided in that order. Once
     /// decided (in its lane, with its batch), it goes on in [`Self::finish`].
-    pub(super) fn process(self: &Arc<Self>, delivery: Delivery) {
+    pub(super) fn process(self: &Arc<Self>, mut delivery: Delivery) {
         let span = Span::current();
         match message::decode(delivery.body()) {
             Ok(submission) => {
+                // An oversized body is `invalid` whatever it holds, and
+                // decoding it kept only its ids and hash: let it go now, so
+                // a burst of huge bodies costs each one's memory only while
+                // it is decoded.
+                if delivery.body().len() > message::MAX_BODY_BYTES {
+                    delivery.release_body();
+                }
                 span.record("command_id", submission.command.command_id.as_str());
                 span.record("resource_id", submission.command.resource_id.as_str());
                 self.queue(submission, Pending { delivery, span });
@@ -188,7 +198,8 @@ impl Pipeline {
                 Err(failure) => Err(failure),
             };
             let limit = self.settings.amqp.delivery_limit;
-            let disposition = disposition(published, delivery.earlier_deliveries(), limit);
+            let earlier = delivery.earlier_deliveries();
+            let disposition = disposition(published, earlier, limit, delivery.has_body());
             self.settle(delivery, disposition).await;
         }
         .instrument(span)
@@ -478,13 +489,13 @@ mod tests {
 
     #[test]
     fn a_delivery_that_went_well_is_acked() {
-        assert!(matches!(disposition(Ok(()), 0, 20), Disposition::Ack));
+        assert!(matches!(disposition(Ok(()), 0, 20, true), Disposition::Ack));
     }
 
     #[test]
     fn an_abandoned_delivery_is_left_for_redelivery() {
         assert!(matches!(
-            disposition(Err(Failure::Abandoned), 19, 20),
+            disposition(Err(Failure::Abandoned), 19, 20, true),
             Disposition::Leave
         ));
     }
@@ -495,6 +506,7 @@ mod tests {
             Err(Failure::Unreadable(Unreadable("not JSON".into()))),
             0,
             20,
+            true,
         );
         assert!(
             matches!(d, Disposition::DeadLetter { cause: "unreadable", ref why } if why == "not JSON")
@@ -508,14 +520,14 @@ mod tests {
             Err(Failure::Store(StoreError::from(e)))
         };
         assert!(matches!(
-            disposition(failure(), 0, 20),
+            disposition(failure(), 0, 20, true),
             Disposition::Requeue(_)
         ));
         assert!(matches!(
-            disposition(failure(), 18, 20),
+            disposition(failure(), 18, 20, true),
             Disposition::Requeue(_)
         ));
-        match disposition(failure(), 19, 20) {
+        match disposition(failure(), 19, 20, true) {
             Disposition::DeadLetter { cause, why } => {
                 assert_eq!(cause, "delivery_limit");
                 assert!(
@@ -526,8 +538,15 @@ mod tests {
             other => panic!("expected a dead letter, got {other:?}"),
         }
         assert!(matches!(
-            disposition(failure(), u32::MAX, 20),
+            disposition(failure(), u32::MAX, 20, true),
             Disposition::DeadLetter { .. }
         ));
+        assert!(
+            matches!(
+                disposition(failure(), 19, 20, false),
+                Disposition::Requeue(_)
+            ),
+            "a released body is left to the queue's own delivery limit"
+        );
     }
 }
