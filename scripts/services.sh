@@ -95,6 +95,15 @@ ensure_stunnel() {
   fi
 }
 
+ensure_faketime() {
+  command -v faketime >/dev/null && return 0
+  if ! install_pkg faketime; then
+    say "faketime is not installed (the clock-skew test runs a worker with its clock off). Install it, then rerun:"
+    say "  sudo apt-get install faketime    # Debian/Ubuntu"
+    exit 1
+  fi
+}
+
 ensure_cargo() {
   if command -v cargo >/dev/null; then return; fi
   [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH" && return

@@ -61,6 +61,9 @@ pub enum CliCommand {
     /// Measure throughput and latency against the null-worker and
     /// one-transaction-per-command baselines (see docs/benchmarks.md).
     Bench(bench::BenchOptions),
+    /// Measure holds at scale: Redis memory per live hold, and how fast a
+    /// wave of holds falling due at once is swept (see docs/benchmarks.md).
+    BenchHolds(bench::holds::HoldsOptions),
     /// The bench's baseline replica: consume, publish, ack; no Redis.
     #[command(hide = true)]
     NullWorker {
@@ -116,12 +119,44 @@ pub enum SendCommand {
         #[arg(long)]
         id: Option<String>,
     },
-    /// Release the seats of an accepted reservation.
+    /// Hold seats for a customer while they pay, all or nothing; they come
+    /// back after --secs unless confirmed.
+    Hold {
+        /// The resource id.
+        #[arg(long)]
+        resource: String,
+        /// The customer id.
+        #[arg(long)]
+        customer: String,
+        /// Seats.
+        #[arg(long, default_value_t = 1)]
+        quantity: u32,
+        /// How long the hold lasts, in seconds (1 to 86400).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+        secs: u32,
+        /// Idempotency key (default: a new UUID); also the hold id.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Make a live hold a reservation for good.
+    Confirm {
+        /// The resource id.
+        #[arg(long)]
+        resource: String,
+        /// The hold command's command_id.
+        #[arg(long)]
+        hold: String,
+        /// Idempotency key (default: a new UUID).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Release the seats of an accepted reservation, or of a live or
+    /// confirmed hold.
     Cancel {
         /// The resource id.
         #[arg(long)]
         resource: String,
-        /// The reserve command's command_id.
+        /// The reserve (or hold) command's command_id.
         #[arg(long)]
         reservation: String,
         /// Idempotency key (default: a new UUID).
@@ -144,14 +179,15 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         CliCommand::Send { command } => send(&settings, command).await,
         CliCommand::Inspect { resource, history } => inspect(&settings, &resource, history).await,
         CliCommand::Bench(options) => bench::run(&settings, &options).await,
+        CliCommand::BenchHolds(options) => bench::holds::run(&settings, &options).await,
         CliCommand::NullWorker { name } => {
             let name = name.unwrap_or_else(default_worker_name);
             let shutdown = reservation_worker::shutdown::on_signal();
             bench::null_worker(&settings, &name, shutdown).await
         }
         CliCommand::Rush(options) => {
-            let report = rush::run(&settings, &options, CancellationToken::new()).await?;
-            anyhow::ensure!(report.is_sound(), "the rush broke an invariant (see above)");
+            let sound = rush::run(&settings, &options, CancellationToken::new()).await?;
+            anyhow::ensure!(sound, "the rush broke an invariant (see above)");
             Ok(())
         }
         CliCommand::Status { resource, json } => {
@@ -241,6 +277,28 @@ async fn send(settings: &Settings, command: SendCommand) -> anyhow::Result<()> {
             resource_id: resource(r)?,
             customer_id: CustomerId::try_from(customer).context("--customer")?,
             quantity,
+        },
+        SendCommand::Hold {
+            resource: r,
+            customer,
+            quantity,
+            secs,
+            id,
+        } => CommandBody::Hold {
+            command_id: new_id(id)?,
+            resource_id: resource(r)?,
+            customer_id: CustomerId::try_from(customer).context("--customer")?,
+            quantity,
+            hold_secs: secs,
+        },
+        SendCommand::Confirm {
+            resource: r,
+            hold,
+            id,
+        } => CommandBody::Confirm {
+            command_id: new_id(id)?,
+            resource_id: resource(r)?,
+            hold_id: CommandId::try_from(hold).context("--hold")?,
         },
         SendCommand::Cancel {
             resource: r,

@@ -149,6 +149,10 @@ pub struct WorkerSettings {
     pub max_batch: usize,
     /// Drain time on shutdown.
     pub shutdown_grace_secs: u64,
+    /// How often to look for holds that have run out.
+    pub sweep_interval_ms: u64,
+    /// Most due holds taken from each due-index shard per sweep.
+    pub sweep_batch: usize,
 }
 
 /// Log filter and format.

@@ -1,5 +1,6 @@
 //! The pure core: one resource's capacity aggregate, the commands against
-//! it, the events they produce, and the decision of a whole batch.
+//! it (reserve, hold, confirm, cancel, define), the events they produce,
+//! the expiry of holds, and the decision of a whole batch.
 //!
 //! `decide(&State, &Command) -> Event` is the business logic of one
 //! command and `apply(State, &Event) -> State` folds an event into the
@@ -17,10 +18,13 @@ mod resource;
 mod testing;
 
 pub use batch::{
-    Applied, ChangeSet, Conflict, Decision, Holding, MAX_STORED_CONFLICTS, Outcome, Reads, Record,
-    Snapshot, Submission, decide_batch, reads,
+    Applied, ChangeSet, Conflict, Decision, DueHold, Holding, MAX_STORED_CONFLICTS, Outcome, Reads,
+    Record, Snapshot, Submission, decide_batch, reads,
 };
 pub use command::{Action, Command, CommandKind, LimitChange};
 pub use event::{Details, Event, Reason, Verdict};
-pub use ids::{CommandId, CustomerId, IdError, MAX_ID_CHARS, ResourceId};
-pub use resource::{Reservation, Resource, State, apply, decide, idempotency_conflict};
+pub use ids::{CommandId, CustomerId, EXPIRY_PREFIX, IdError, MAX_ID_CHARS, ResourceId};
+pub use resource::{
+    MAX_HOLD_SECS, Millis, Reservation, Resource, State, Status, apply, at, decide, expire,
+    idempotency_conflict, millis,
+};

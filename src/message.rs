@@ -75,14 +75,39 @@ pub enum CommandBody {
         #[schemars(range(min = 1))]
         quantity: u32,
     },
-    /// Release an accepted reservation.
+    /// Release an accepted reservation, or a live or confirmed hold.
     Cancel {
         /// Idempotency key.
         command_id: CommandId,
         /// The resource.
         resource_id: ResourceId,
-        /// The reserve command's `command_id`.
+        /// The reserve's (or hold's) `command_id`.
         reservation_id: CommandId,
+    },
+    /// Take seats while the customer pays, all or nothing; they come back
+    /// `hold_secs` after the decision unless confirmed.
+    Hold {
+        /// Idempotency key; also the hold's id.
+        command_id: CommandId,
+        /// The resource.
+        resource_id: ResourceId,
+        /// Who the seats are for.
+        customer_id: CustomerId,
+        /// How many seats.
+        #[schemars(range(min = 1))]
+        quantity: u32,
+        /// How long the hold lasts.
+        #[schemars(range(min = 1, max = 86400))]
+        hold_secs: u32,
+    },
+    /// Make a live hold a reservation for good.
+    Confirm {
+        /// Idempotency key.
+        command_id: CommandId,
+        /// The resource.
+        resource_id: ResourceId,
+        /// The hold's `command_id`.
+        hold_id: CommandId,
     },
 }
 
@@ -117,6 +142,22 @@ impl CommandBody {
                 resource_id,
                 reservation_id: reservation_id.clone(),
             },
+            Action::Hold {
+                customer_id,
+                quantity,
+                hold_secs,
+            } => CommandBody::Hold {
+                command_id,
+                resource_id,
+                customer_id: customer_id.clone(),
+                quantity: *quantity,
+                hold_secs: *hold_secs,
+            },
+            Action::Confirm { hold_id } => CommandBody::Confirm {
+                command_id,
+                resource_id,
+                hold_id: hold_id.clone(),
+            },
             Action::Invalid { .. } => unreachable!("invalid actions are never encoded"),
         }
     }
@@ -126,7 +167,9 @@ impl CommandBody {
         match self {
             CommandBody::Define { command_id, .. }
             | CommandBody::Reserve { command_id, .. }
-            | CommandBody::Cancel { command_id, .. } => command_id,
+            | CommandBody::Cancel { command_id, .. }
+            | CommandBody::Hold { command_id, .. }
+            | CommandBody::Confirm { command_id, .. } => command_id,
         }
     }
 
@@ -135,7 +178,9 @@ impl CommandBody {
         match self {
             CommandBody::Define { resource_id, .. }
             | CommandBody::Reserve { resource_id, .. }
-            | CommandBody::Cancel { resource_id, .. } => resource_id,
+            | CommandBody::Cancel { resource_id, .. }
+            | CommandBody::Hold { resource_id, .. }
+            | CommandBody::Confirm { resource_id, .. } => resource_id,
         }
     }
 
@@ -189,7 +234,11 @@ impl OutgoingEvent {
         let envelope = EventEnvelope {
             event_id,
             event,
-            occurred_at: occurred_at.replace_nanosecond(0).unwrap_or(occurred_at),
+            // Milliseconds, the precision of the one clock: an expiry's
+            // `occurred_at` is never before its hold's `expires_at`.
+            occurred_at: occurred_at
+                .replace_nanosecond(occurred_at.nanosecond() / 1_000_000 * 1_000_000)
+                .unwrap_or(occurred_at),
         };
         OutgoingEvent {
             event_id,

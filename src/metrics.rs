@@ -45,6 +45,11 @@ pub const DEAD_LETTERED: &str = "reservation_dead_lettered_total";
 /// 1 while Redis has lost its data (the setup marker is missing) and
 /// nothing is decided, else 0.
 pub const STORE_UNINITIALISED: &str = "reservation_store_uninitialised";
+/// `expire.accepted` events published (a re-publication counts again).
+pub const EXPIRIES: &str = "reservation_expiries_total";
+/// From a hold's `expires_at` to its expiry's publish confirm, by Redis's
+/// clock.
+pub const EXPIRY_LAG_SECONDS: &str = "reservation_expiry_lag_seconds";
 /// 1 when ready (broker, Redis, consuming), else 0.
 pub const READY: &str = "reservation_ready";
 
@@ -120,6 +125,15 @@ fn describe() {
     describe_gauge!(
         STORE_UNINITIALISED,
         "1 while Redis has lost its data and nothing is decided (run setup or restore Redis)"
+    );
+    describe_counter!(
+        EXPIRIES,
+        "expire.accepted events published (re-publications count again)"
+    );
+    describe_histogram!(
+        EXPIRY_LAG_SECONDS,
+        Unit::Seconds,
+        "Time from a hold's expires_at to its expire event's confirm, by Redis's clock"
     );
     describe_gauge!(
         READY,

@@ -148,12 +148,24 @@ mod tests {
             r#"{"type":"reserve","command_id":"c-2","resource_id":"r","customer_id":"u","quantity":2}"#,
             r#"{"type":"cancel","command_id":"c-3","resource_id":"r","reservation_id":"c-2"}"#,
             r#"{"type":"fly","command_id":"c-4","resource_id":"r"}"#,
+            r#"{"type":"hold","command_id":"h-1","resource_id":"r","customer_id":"u","quantity":2,"hold_secs":60}"#,
+            r#"{"type":"hold","command_id":"h-2","resource_id":"r","customer_id":"u","quantity":1,"hold_secs":1}"#,
+            r#"{"type":"confirm","command_id":"k-1","resource_id":"r","hold_id":"h-1"}"#,
+            r#"{"type":"confirm","command_id":"k-2","resource_id":"r","hold_id":"nope"}"#,
         ];
+        let now = 1_700_000_000_000;
         let mut state = State::default();
+        let mut events = Vec::new();
         for body in bodies {
             let command = decode(body.as_bytes()).unwrap().command;
-            let event = decide(&state, &command);
+            let event = decide(&state, &command, now);
             state = apply(state, &event);
+            events.push(event);
+        }
+        let r = crate::domain::ResourceId::try_from("r").unwrap();
+        let hold = crate::domain::CommandId::try_from("h-2").unwrap();
+        events.push(crate::domain::expire(&state, &r, &hold, now + 1_000).unwrap());
+        for event in events {
             let out =
                 OutgoingEvent::new(event, uuid::Uuid::new_v4(), time::OffsetDateTime::now_utc());
             let json: Value = serde_json::from_slice(&out.body).unwrap();
@@ -166,7 +178,7 @@ mod tests {
         .unwrap()
         .command;
         let out = OutgoingEvent::new(
-            decide(&State::default(), &command),
+            decide(&State::default(), &command, 0),
             uuid::Uuid::new_v4(),
             time::OffsetDateTime::now_utc(),
         );

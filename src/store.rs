@@ -17,15 +17,26 @@
 //! | `P{R}:reservations` | hash (JSON values) | accepted reservations, for cancel |
 //! | `P{R}:history` | stream | every outcome event, in commit order |
 //! | `P{R}:cmd:C` | string (JSON), with TTL | command `C`'s body hash and outcome event, and the outcomes of other bodies that reused `C` |
+//! | `P{R}:applied` | hash | every accepted command, kept for good: `version:body hash` |
+//! | `P{R}:holds` | sorted set | live holds by `expires_at` (ms), so a batch finds the due ones |
+//! | `P{R}:expiry:H` | string (JSON) | hold `H`'s `expire` event, kept for good |
+//!
+//! And one index over every resource, which the workers sweep:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P{%due-N}:holds`, N in 0..16 | sorted set | every live hold by `expires_at`: `[R, H, expires_at]` |
 //!
 //! Every accepted command rewrites `state` (its version goes up), so WATCHing
 //! `state` fences the holdings and reservations too; WATCHing the idempotency
 //! records fences two workers racing on the same command.
 
+mod due;
 mod error;
 mod keys;
 mod transaction;
 
+pub use due::DueEntry;
 pub use error::StoreError;
 pub use keys::Keys;
 pub use transaction::{Commit, Transaction};
@@ -47,8 +58,11 @@ pub struct Summary {
     pub resource_id: ResourceId,
     /// Total seats.
     pub capacity: u32,
-    /// Seats held.
+    /// Seats taken for good: accepted reserves and confirmed holds.
     pub reserved: u32,
+    /// Seats in live holds (holds that ran out but whose expiry is not
+    /// recorded yet included: they are for sale to the next decision).
+    pub held: u32,
     /// Seats for sale.
     pub remaining: u32,
     /// Most seats per customer.
@@ -182,6 +196,19 @@ impl Store {
         Ok(written.is_some())
     }
 
+    /// Bytes Redis uses (`used_memory` of `INFO memory`).
+    pub async fn used_memory(&self) -> Result<u64, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut *conn)
+            .await?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| corrupt("INFO memory", "no used_memory line"))
+    }
+
     /// Redis's `maxmemory-policy`, when the server tells it (managed
     /// services may not).
     pub async fn eviction_policy(&self) -> Result<Option<String>, StoreError> {
@@ -215,6 +242,7 @@ impl Store {
             resource_id: resource.clone(),
             capacity: r.capacity,
             reserved: r.reserved,
+            held: r.held,
             remaining: r.remaining(),
             per_customer_limit: r.per_customer_limit,
             version: r.version,

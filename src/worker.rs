@@ -9,12 +9,15 @@
 //! - `lanes`: group commit's waiting room, one lane per resource.
 //! - `commit`: one attempt at a batch: load, decide, commit.
 //! - `retry`: how long to wait before trying again.
+//! - `sweeper`: finds the holds that ran out with nothing else happening to
+//!   their resource, and publishes their expiries.
 
 mod commit;
 mod lanes;
 mod pipeline;
 mod retry;
 mod session;
+mod sweeper;
 
 pub use commit::decide_and_commit;
 

@@ -15,6 +15,7 @@
 //! Each run gets its own queues, exchanges and Redis key prefix, removed at
 //! the end.
 
+pub mod holds;
 mod plan;
 mod replicas;
 mod report;

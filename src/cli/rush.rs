@@ -1,7 +1,10 @@
 //! A ticket rush against running workers: define one resource, publish many
 //! reserve commands (with duplicates), collect every outcome event and check
-//! the contract's invariants against the events and Redis.
+//! the contract's invariants against the events and Redis. In checkout mode
+//! (`--holds`), see `checkout`.
 
+mod checkout;
+pub mod ledger;
 mod plan;
 
 pub use plan::{RushOptions, generate};
@@ -140,12 +143,24 @@ impl Report {
     }
 }
 
-/// Fires the rush, waits for every outcome, prints and returns the report.
-pub async fn run(
+/// A rush's connections, with its resource defined.
+struct Opened {
+    resource: String,
+    resource_id: ResourceId,
+    define_id: CommandId,
+    limit: Option<u32>,
+    connection: lapin::Connection,
+    events: Events,
+    publisher: Publisher,
+    deadline: Instant,
+}
+
+/// Connects, declares, listens for events and defines the resource.
+async fn open(
     settings: &Settings,
     o: &RushOptions,
-    cancel: CancellationToken,
-) -> anyhow::Result<Report> {
+    cancel: &CancellationToken,
+) -> anyhow::Result<Opened> {
     let a = &settings.amqp;
     let resource = o
         .resource
@@ -174,7 +189,7 @@ pub async fn run(
     publish(&publisher, a.commands_exchange.as_str(), &define).await?;
     let deadline = Instant::now() + Duration::from_secs(o.timeout_secs);
     loop {
-        let event = next_event(&mut events, deadline, &cancel)
+        let event = next_event(&mut events, deadline, cancel)
             .await?
             .context("no outcome for the define command")?;
         if event.event.command_id == define_id {
@@ -186,6 +201,49 @@ pub async fn run(
             break;
         }
     }
+    Ok(Opened {
+        resource,
+        resource_id,
+        define_id,
+        limit,
+        connection,
+        events,
+        publisher,
+        deadline,
+    })
+}
+
+/// Fires the rush, waits for every outcome, prints and returns whether
+/// every promise held.
+pub async fn run(
+    settings: &Settings,
+    o: &RushOptions,
+    cancel: CancellationToken,
+) -> anyhow::Result<bool> {
+    if o.holds {
+        let report = checkout::run(settings, o, cancel).await?;
+        return Ok(report.is_sound());
+    }
+    Ok(reserves(settings, o, cancel).await?.is_sound())
+}
+
+/// The reserve rush.
+async fn reserves(
+    settings: &Settings,
+    o: &RushOptions,
+    cancel: CancellationToken,
+) -> anyhow::Result<Report> {
+    let a = &settings.amqp;
+    let Opened {
+        resource,
+        resource_id,
+        define_id,
+        limit,
+        connection,
+        mut events,
+        publisher,
+        deadline,
+    } = open(settings, o, &cancel).await?;
 
     let bodies = generate(&resource_id, o);
     let distinct = bodies

@@ -223,8 +223,8 @@ pub fn render_human(report: &StatusReport) -> String {
                     .map_or_else(|| "none".to_string(), |l| l.to_string());
                 let _ = writeln!(
                     out,
-                    "resource        {}  capacity {}  reserved {}  remaining {}  limit {}  version {}",
-                    s.resource_id, s.capacity, s.reserved, s.remaining, limit, s.version
+                    "resource        {}  capacity {}  reserved {}  held {}  remaining {}  limit {}  version {}",
+                    s.resource_id, s.capacity, s.reserved, s.held, s.remaining, limit, s.version
                 );
             }
             None => {
@@ -295,6 +295,7 @@ mod tests {
                 resource_id: resource_id.clone(),
                 capacity: 1000,
                 reserved: 4,
+                held: 0,
                 remaining: 996,
                 per_customer_limit: Some(4),
                 version: 3,
@@ -310,7 +311,7 @@ mod tests {
             text,
             "commands queue  reservations.commands       ready      12  consumers 4\n\
              dead letters    reservations.commands.dead  ready       0\n\
-             resource        concert-42  capacity 1000  reserved 4  remaining 996  limit 4  version 3\n"
+             resource        concert-42  capacity 1000  reserved 4  held 0  remaining 996  limit 4  version 3\n"
         );
     }
 
@@ -343,7 +344,7 @@ mod tests {
                 "dead_letters": {"queue": "reservations.commands.dead", "ready": 0, "consumers": 0},
                 "resource": {
                     "resource_id": "concert-42", "defined": true, "capacity": 1000,
-                    "reserved": 4, "remaining": 996, "per_customer_limit": 4, "version": 3
+                    "reserved": 4, "held": 0, "remaining": 996, "per_customer_limit": 4, "version": 3
                 }
             })
         );

@@ -97,6 +97,8 @@ pub fn problems(s: &Settings) -> Vec<Problem> {
         w.shutdown_grace_secs,
         0..=3600,
     );
+    p.range("worker.sweep_interval_ms", w.sweep_interval_ms, 10..=1000);
+    p.range("worker.sweep_batch", w.sweep_batch as u64, 1..=100_000);
     if s.http.bind.parse::<std::net::IpAddr>().is_err() {
         p.fail(
             "http.bind",
@@ -280,6 +282,11 @@ mod tests {
                 Box::new(|s| s.worker.shutdown_grace_secs = 7200),
                 "worker.shutdown_grace_secs",
             ),
+            (
+                Box::new(|s| s.worker.sweep_interval_ms = 5000),
+                "worker.sweep_interval_ms",
+            ),
+            (Box::new(|s| s.worker.sweep_batch = 0), "worker.sweep_batch"),
             (
                 Box::new(|s| s.http.bind = "localhost".into()),
                 "http.bind (RW_HTTP__BIND) must be an IP address",

@@ -12,8 +12,10 @@
 
 use super::command::{Action, Command, CommandKind};
 use super::event::Event;
-use super::ids::{CommandId, CustomerId};
-use super::resource::{Reservation, Resource, State, apply, decide, idempotency_conflict};
+use super::ids::{CommandId, CustomerId, ResourceId};
+use super::resource::{
+    Millis, Reservation, Resource, State, Status, apply, decide, expire, idempotency_conflict,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 
@@ -57,14 +59,46 @@ pub struct Conflict<E> {
 pub const MAX_STORED_CONFLICTS: usize = 16;
 
 /// Everything a batch can read, as loaded under one WATCH.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot<E> {
+    /// The resource the batch is about.
+    pub resource_id: ResourceId,
     /// The resource, the holdings of the customers in [`Reads::customers`]
     /// (0 when absent) and the reservations in [`Reads::reservations`]
     /// that exist.
     pub state: State,
     /// The records found for [`Reads::commands`].
     pub records: HashMap<CommandId, Record<E>>,
+    /// The moment the batch is decided at, by the one clock every replica
+    /// shares (Redis's).
+    pub now: Millis,
+    /// Every live hold of the resource that has run out at `now`.
+    pub due: Vec<DueHold>,
+}
+
+/// A live hold as the resource's due-time index keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DueHold {
+    /// The hold's id.
+    pub id: CommandId,
+    /// Whose seats.
+    pub customer_id: CustomerId,
+    /// How many.
+    pub quantity: u32,
+    /// When it runs out.
+    pub expires_at: Millis,
+}
+
+impl DueHold {
+    /// The hold as a reservation.
+    fn reservation(&self) -> Reservation {
+        Reservation {
+            customer_id: self.customer_id.clone(),
+            quantity: self.quantity,
+            status: Status::Held,
+            expires_at: Some(self.expires_at),
+        }
+    }
 }
 
 /// What a batch needs loaded besides the resource itself.
@@ -89,8 +123,14 @@ pub fn reads(batch: &[Submission]) -> Reads<'_> {
             Action::Reserve { customer_id, .. } if customers.insert(customer_id) => {
                 reads.customers.push(customer_id)
             }
+            Action::Hold { customer_id, .. } if customers.insert(customer_id) => {
+                reads.customers.push(customer_id)
+            }
             Action::Cancel { reservation_id } if reservations.insert(reservation_id) => {
                 reads.reservations.push(reservation_id)
+            }
+            Action::Confirm { hold_id } if reservations.insert(hold_id) => {
+                reads.reservations.push(hold_id)
             }
             _ => {}
         }
@@ -147,6 +187,13 @@ pub struct ChangeSet<E> {
     /// The commands accepted now, kept for good: a command that changed the
     /// state is recognised on redelivery even after its record expired.
     pub applied: Vec<(CommandId, Applied)>,
+    /// The holds that ran out, by hold id, with their `expire` events, in
+    /// the order decided: before the batch's commands.
+    pub expiries: Vec<(CommandId, E)>,
+    /// Live holds taken now: into the due-time index.
+    pub holds_added: Vec<DueHold>,
+    /// Holds no longer live (confirmed, cancelled, expired): out of it.
+    pub holds_removed: Vec<DueHold>,
 }
 
 /// What is kept for good of an accepted command: the version its event
@@ -162,7 +209,7 @@ pub struct Applied {
 impl<E> ChangeSet<E> {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.conflicts.is_empty()
+        self.records.is_empty() && self.conflicts.is_empty() && self.expiries.is_empty()
     }
 }
 
@@ -177,22 +224,38 @@ pub struct Decision<E> {
 }
 
 /// Decides `batch` in order against `snapshot`, each command seeing the
-/// state the previous ones left. `seal` turns a new event into its
-/// publishable form (adding its id and time).
+/// state the previous ones left, at the snapshot's `now`. First, every hold
+/// that has run out expires, so its seats are for sale to the batch. `seal`
+/// turns a new event into its publishable form (adding its id and time).
 pub fn decide_batch<E: Clone>(
     snapshot: Snapshot<E>,
     batch: &[Submission],
     mut seal: impl FnMut(Event) -> E,
 ) -> Decision<E> {
     let Snapshot {
+        resource_id,
         mut state,
         mut records,
+        now,
+        due,
     } = snapshot;
     let loaded: HashSet<CustomerId> = state.holdings.keys().cloned().collect();
+    let mut accepted: Vec<Event> = Vec::new();
+    let mut expiries: Vec<(CommandId, E)> = Vec::new();
+    for hold in &due {
+        state
+            .reservations
+            .entry(hold.id.clone())
+            .or_insert_with(|| hold.reservation());
+        if let Some(event) = expire(&state, &resource_id, &hold.id, now) {
+            expiries.push((hold.id.clone(), seal(event.clone())));
+            state = apply(state, &event);
+            accepted.push(event);
+        }
+    }
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut fresh: Vec<&CommandId> = Vec::new();
     let mut conflicted: Vec<&CommandId> = Vec::new();
-    let mut accepted: Vec<Event> = Vec::new();
     let mut applied: Vec<(CommandId, Applied)> = Vec::new();
     for s in batch {
         let id = &s.command.command_id;
@@ -215,7 +278,7 @@ pub fn decide_batch<E: Clone>(
                 }
             },
             None => {
-                let event = decide(&state, &s.command);
+                let event = decide(&state, &s.command, now);
                 let sealed = seal(event.clone());
                 if event.is_accepted() {
                     let hash = s.body_hash.clone();
@@ -250,6 +313,7 @@ pub fn decide_batch<E: Clone>(
     };
     let records = take(fresh);
     let conflicts = take(conflicted);
+    let (holds_added, holds_removed) = due_index(&accepted, &state);
     let changes = ChangeSet {
         holdings: holdings(&accepted, &loaded, &state),
         reservations: reservations(&accepted, &state),
@@ -257,8 +321,48 @@ pub fn decide_batch<E: Clone>(
         records,
         conflicts,
         applied,
+        expiries,
+        holds_added,
+        holds_removed,
     };
     Decision { outcomes, changes }
+}
+
+/// What the accepted events add to and remove from the due-time index.
+fn due_index(accepted: &[Event], state: &State) -> (Vec<DueHold>, Vec<DueHold>) {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    for event in accepted {
+        let id = match event.command {
+            CommandKind::Hold => &event.command_id,
+            CommandKind::Confirm | CommandKind::Expire => match &event.details.hold_id {
+                Some(id) => id,
+                None => continue,
+            },
+            CommandKind::Cancel => match &event.details.reservation_id {
+                Some(id) => id,
+                None => continue,
+            },
+            _ => continue,
+        };
+        let Some(r) = state.reservations.get(id) else {
+            continue;
+        };
+        let Some(expires_at) = r.expires_at else {
+            continue;
+        };
+        let hold = DueHold {
+            id: id.clone(),
+            customer_id: r.customer_id.clone(),
+            quantity: r.quantity,
+            expires_at,
+        };
+        if event.command == CommandKind::Hold {
+            added.push(hold);
+        } else {
+            removed.push(hold);
+        }
+    }
+    (added, removed)
 }
 
 /// The holdings the accepted events changed. A loaded holding gets its end
@@ -272,6 +376,13 @@ fn holdings(
     let mut out: Vec<(CustomerId, Holding)> = Vec::new();
     let mut index: HashMap<&CustomerId, usize> = HashMap::new();
     for event in accepted {
+        // A confirm keeps the seats with the customer; a define names none.
+        if !matches!(
+            event.command,
+            CommandKind::Reserve | CommandKind::Hold | CommandKind::Cancel | CommandKind::Expire
+        ) {
+            continue;
+        }
         let (Some(customer), Some(quantity)) = (&event.details.customer_id, event.details.quantity)
         else {
             continue;
@@ -304,8 +415,9 @@ fn reservations(accepted: &[Event], state: &State) -> Vec<(CommandId, Reservatio
     accepted
         .iter()
         .filter_map(|event| match event.command {
-            CommandKind::Reserve => Some(&event.command_id),
+            CommandKind::Reserve | CommandKind::Hold => Some(&event.command_id),
             CommandKind::Cancel => event.details.reservation_id.as_ref(),
+            CommandKind::Confirm | CommandKind::Expire => event.details.hold_id.as_ref(),
             CommandKind::Define | CommandKind::Unknown => None,
         })
         .filter(|id| seen.insert(*id))
@@ -314,237 +426,4 @@ fn reservations(accepted: &[Event], state: &State) -> Vec<(CommandId, Reservatio
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::event::Reason;
-    use crate::domain::testing::{cancel, define, given, reserve};
-
-    /// A sealed event for tests: the event and the order it was sealed in.
-    type Sealed = (u32, Event);
-
-    fn submit(command: Command) -> Submission {
-        // The hash of a command is its debug form: equal commands, equal
-        // hashes.
-        let body_hash = format!("{:?}", command.action);
-        Submission { command, body_hash }
-    }
-
-    fn batch(commands: impl IntoIterator<Item = Command>) -> Vec<Submission> {
-        commands.into_iter().map(submit).collect()
-    }
-
-    /// The resource after `history`, loaded as the store would for `batch`:
-    /// only the customers and reservations the batch names.
-    fn snapshot(history: &[Command], batch: &[Submission]) -> Snapshot<Sealed> {
-        let full = given(history).state();
-        let reads = reads(batch);
-        let mut state = State {
-            resource: full.resource.clone(),
-            ..State::default()
-        };
-        for c in reads.customers {
-            state.holdings.insert(c.clone(), full.held_by(c));
-        }
-        for r in reads.reservations {
-            if let Some(found) = full.reservations.get(r) {
-                state.reservations.insert(r.clone(), found.clone());
-            }
-        }
-        Snapshot {
-            state,
-            records: HashMap::new(),
-        }
-    }
-
-    fn run(snapshot: Snapshot<Sealed>, batch: &[Submission]) -> Decision<Sealed> {
-        let mut n = 0;
-        decide_batch(snapshot, batch, |event| {
-            n += 1;
-            (n, event)
-        })
-    }
-
-    fn reason(o: &Outcome<Sealed>) -> Option<Reason> {
-        o.event().1.verdict.reason()
-    }
-
-    fn id(s: &str) -> CommandId {
-        CommandId::try_from(s).unwrap()
-    }
-
-    fn customer(s: &str) -> CustomerId {
-        CustomerId::try_from(s).unwrap()
-    }
-
-    #[test]
-    fn reads_name_every_record_the_reserving_customers_and_the_cancelled_reservations() {
-        let b = batch([
-            reserve("r1", "a", 1),
-            reserve("r2", "a", 1),
-            cancel("c1", "r0"),
-            reserve("r1", "a", 1),
-        ]);
-        let r = reads(&b);
-        assert_eq!(r.commands, [&id("r1"), &id("r2"), &id("c1"), &id("r1")]);
-        assert_eq!(r.customers, [&customer("a")]);
-        assert_eq!(r.reservations, [&id("r0")]);
-    }
-
-    #[test]
-    fn commands_see_the_state_the_earlier_ones_left() {
-        let b = batch([reserve("r1", "a", 3), reserve("r2", "b", 3)]);
-        let d = run(snapshot(&[define("d", 5, None)], &b), &b);
-        assert!(matches!(d.outcomes[0], Outcome::Decided((1, ref e)) if e.is_accepted()));
-        assert_eq!(reason(&d.outcomes[1]), Some(Reason::SoldOut));
-        let r = d.changes.resource.unwrap();
-        assert_eq!((r.reserved, r.version), (3, 2));
-        assert_eq!(d.changes.holdings, [(customer("a"), Holding::Set(3))]);
-        // The rejection is recorded (and so appended to the history) too,
-        // but only the acceptance is kept for good.
-        assert_eq!(d.changes.records.len(), 2);
-        assert_eq!(
-            d.changes.applied,
-            [(
-                id("r1"),
-                Applied {
-                    version: 2,
-                    hash: b[0].body_hash.clone()
-                }
-            )]
-        );
-    }
-
-    #[test]
-    fn the_same_command_twice_in_a_batch_is_decided_once() {
-        let b = batch([reserve("r1", "a", 2), reserve("r1", "a", 2)]);
-        let d = run(snapshot(&[define("d", 5, None)], &b), &b);
-        assert!(matches!(d.outcomes[0], Outcome::Decided(_)));
-        assert_eq!(
-            d.outcomes[1],
-            Outcome::Replayed(d.outcomes[0].event().clone())
-        );
-        assert_eq!(d.changes.records.len(), 1);
-        assert_eq!(d.changes.resource.unwrap().reserved, 2);
-    }
-
-    #[test]
-    fn a_reserve_and_its_cancel_in_one_batch_write_the_reservation_once_cancelled() {
-        let b = batch([reserve("r1", "a", 2), cancel("c1", "r1")]);
-        let d = run(snapshot(&[define("d", 5, None)], &b), &b);
-        assert!(d.outcomes.iter().all(|o| o.event().1.is_accepted()));
-        assert_eq!(d.changes.reservations.len(), 1);
-        assert!(d.changes.reservations[0].1.cancelled);
-        assert_eq!(d.changes.holdings, [(customer("a"), Holding::Set(0))]);
-        let r = d.changes.resource.unwrap();
-        assert_eq!((r.reserved, r.version), (0, 3));
-    }
-
-    #[test]
-    fn a_customer_who_only_cancels_is_decremented_not_overwritten() {
-        let history = [
-            define("d", 10, None),
-            reserve("r1", "a", 2),
-            reserve("r2", "a", 3),
-        ];
-        let b = batch([cancel("c1", "r1"), cancel("c2", "r2")]);
-        let d = run(snapshot(&history, &b), &b);
-        assert_eq!(d.changes.holdings, [(customer("a"), Holding::Release(5))]);
-    }
-
-    #[test]
-    fn a_replayed_command_changes_nothing() {
-        let b = batch([reserve("r1", "a", 2)]);
-        let first = run(snapshot(&[define("d", 5, None)], &b), &b);
-        let mut again = snapshot(&[define("d", 5, None)], &b);
-        again.records = first.changes.records.iter().cloned().collect();
-        let d = run(again, &b);
-        assert_eq!(
-            d.outcomes,
-            [Outcome::Replayed(first.outcomes[0].event().clone())]
-        );
-        assert!(d.changes.is_empty());
-        assert_eq!(d.changes.resource, None);
-    }
-
-    #[test]
-    fn a_reused_id_is_a_conflict_stored_with_its_record() {
-        let first = batch([reserve("r1", "a", 2)]);
-        let decided = run(snapshot(&[define("d", 5, None)], &first), &first);
-        let b = batch([reserve("r1", "b", 1)]);
-        let mut s = snapshot(&[define("d", 5, None), reserve("r1", "a", 2)], &b);
-        s.records = decided.changes.records.iter().cloned().collect();
-        let d = run(s, &b);
-        assert!(matches!(d.outcomes[0], Outcome::Conflict(_)));
-        let event = &d.outcomes[0].event().1;
-        assert_eq!(reason(&d.outcomes[0]), Some(Reason::IdempotencyConflict));
-        assert_eq!(
-            (event.remaining, event.version),
-            (3, 2),
-            "the current state"
-        );
-        assert_eq!(event.command, CommandKind::Reserve);
-        assert!(d.changes.records.is_empty(), "nothing decided");
-        assert_eq!(d.changes.resource, None, "nothing changed");
-        let (cid, record) = &d.changes.conflicts[0];
-        assert_eq!(cid, &id("r1"));
-        assert_eq!(record.conflicts[0].event, *d.outcomes[0].event());
-
-        // Its redelivery repeats the stored conflict and writes nothing.
-        let mut s = snapshot(&[define("d", 5, None), reserve("r1", "a", 2)], &b);
-        s.records = d.changes.conflicts.iter().cloned().collect();
-        let again = run(s, &b);
-        assert_eq!(
-            again.outcomes,
-            [Outcome::Conflict(d.outcomes[0].event().clone())]
-        );
-        assert!(again.changes.is_empty());
-    }
-
-    #[test]
-    fn a_reused_id_in_the_same_batch_conflicts_with_the_fresh_record() {
-        let b = batch([
-            reserve("r1", "a", 2),
-            reserve("r1", "b", 1),
-            reserve("r1", "b", 1),
-        ]);
-        let d = run(snapshot(&[define("d", 5, None)], &b), &b);
-        assert!(matches!(d.outcomes[0], Outcome::Decided(_)));
-        assert!(matches!(d.outcomes[1], Outcome::Conflict(_)));
-        assert_eq!(
-            d.outcomes[2], d.outcomes[1],
-            "the same reused body, one outcome"
-        );
-        assert!(d.changes.conflicts.is_empty());
-        let (_, record) = &d.changes.records[0];
-        assert_eq!(record.conflicts.len(), 1, "written with the new record");
-    }
-
-    #[test]
-    fn conflicts_beyond_the_cap_are_answered_but_not_stored() {
-        let first = batch([reserve("r1", "a", 1)]);
-        let decided = run(snapshot(&[define("d", 5, None)], &first), &first);
-        let reused = batch((2..=(MAX_STORED_CONFLICTS as u32 + 2)).map(|q| reserve("r1", "a", q)));
-        let mut s = snapshot(&[define("d", 5, None), reserve("r1", "a", 1)], &reused);
-        s.records = decided.changes.records.iter().cloned().collect();
-        let d = run(s, &reused);
-        assert!(d.outcomes.iter().all(|o| matches!(o, Outcome::Conflict(_))));
-        assert_eq!(
-            d.changes.conflicts[0].1.conflicts.len(),
-            MAX_STORED_CONFLICTS
-        );
-    }
-
-    #[test]
-    fn seal_is_called_once_per_new_outcome_in_batch_order() {
-        let b = batch([
-            define("d", 5, None),
-            reserve("r1", "a", 1),
-            reserve("r1", "a", 1),
-        ]);
-        let d = run(snapshot(&[], &b), &b);
-        let order: Vec<u32> = d.outcomes.iter().map(|o| o.event().0).collect();
-        assert_eq!(order, [1, 2, 2]);
-        let recorded: Vec<u32> = d.changes.records.iter().map(|(_, r)| r.event.0).collect();
-        assert_eq!(recorded, [1, 2], "history order is decision order");
-    }
-}
+mod tests;

@@ -33,9 +33,25 @@ pub enum Action {
         /// How many seats, at least 1.
         quantity: u32,
     },
-    /// Release the seats of an accepted reservation.
+    /// Take `quantity` seats for a customer until `hold_secs` after the
+    /// decision, unless confirmed before (contract v2).
+    Hold {
+        /// Who the seats are for.
+        customer_id: CustomerId,
+        /// How many seats, at least 1.
+        quantity: u32,
+        /// How long the hold lasts, 1 to 86400 seconds.
+        hold_secs: u32,
+    },
+    /// Make a live hold a reservation for good.
+    Confirm {
+        /// The `command_id` of the hold.
+        hold_id: CommandId,
+    },
+    /// Release the seats of an accepted reservation, or of a live or
+    /// confirmed hold.
     Cancel {
-        /// The `command_id` of the reserve command that took the seats.
+        /// The `command_id` of the reserve (or hold) that took the seats.
         reservation_id: CommandId,
     },
     /// A command whose ids are readable but whose other fields are not
@@ -84,6 +100,8 @@ impl Action {
         match self {
             Action::Define { .. } => CommandKind::Define,
             Action::Reserve { .. } => CommandKind::Reserve,
+            Action::Hold { .. } => CommandKind::Hold,
+            Action::Confirm { .. } => CommandKind::Confirm,
             Action::Cancel { .. } => CommandKind::Cancel,
             Action::Invalid { kind, .. } => *kind,
         }
@@ -100,16 +118,25 @@ pub enum CommandKind {
     Reserve,
     /// `cancel`
     Cancel,
+    /// `hold`
+    Hold,
+    /// `confirm`
+    Confirm,
+    /// A hold's expiry: not a command, the outcome of time passing.
+    Expire,
     /// A `type` that is missing or not one of the above.
     Unknown,
 }
 
 impl CommandKind {
     /// Every kind, for metrics and docs.
-    pub const ALL: [CommandKind; 4] = [
+    pub const ALL: [CommandKind; 7] = [
         CommandKind::Define,
         CommandKind::Reserve,
         CommandKind::Cancel,
+        CommandKind::Hold,
+        CommandKind::Confirm,
+        CommandKind::Expire,
         CommandKind::Unknown,
     ];
 
@@ -119,6 +146,9 @@ impl CommandKind {
             CommandKind::Define => "define",
             CommandKind::Reserve => "reserve",
             CommandKind::Cancel => "cancel",
+            CommandKind::Hold => "hold",
+            CommandKind::Confirm => "confirm",
+            CommandKind::Expire => "expire",
             CommandKind::Unknown => "unknown",
         }
     }

@@ -4,6 +4,7 @@ use super::command::CommandKind;
 use super::ids::{CommandId, CustomerId, ResourceId};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 /// Why a command was rejected (the contract's `reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -25,11 +26,17 @@ pub enum Reason {
     Invalid,
     /// The `command_id` was seen before with a different body.
     IdempotencyConflict,
+    /// A confirm names no hold (nothing, or a plain reserve).
+    UnknownHold,
+    /// The hold ran out before the confirm or cancel.
+    HoldExpired,
+    /// The hold was confirmed before.
+    AlreadyConfirmed,
 }
 
 impl Reason {
     /// Every reason, for metrics and docs.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 11] = [
         Reason::UnknownResource,
         Reason::SoldOut,
         Reason::CustomerLimit,
@@ -38,6 +45,9 @@ impl Reason {
         Reason::CapacityBelowReserved,
         Reason::Invalid,
         Reason::IdempotencyConflict,
+        Reason::UnknownHold,
+        Reason::HoldExpired,
+        Reason::AlreadyConfirmed,
     ];
 
     /// The wire name, as in the event's `reason` field.
@@ -51,6 +61,9 @@ impl Reason {
             Reason::CapacityBelowReserved => "capacity_below_reserved",
             Reason::Invalid => "invalid",
             Reason::IdempotencyConflict => "idempotency_conflict",
+            Reason::UnknownHold => "unknown_hold",
+            Reason::HoldExpired => "hold_expired",
+            Reason::AlreadyConfirmed => "already_confirmed",
         }
     }
 }
@@ -79,6 +92,14 @@ impl Verdict {
         }
     }
 
+    /// The rejection's explanation, if any.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Verdict::Accepted => None,
+            Verdict::Rejected { detail, .. } => Some(detail),
+        }
+    }
+
     /// `accepted` or `rejected`, as in routing keys.
     pub fn outcome(&self) -> &'static str {
         match self {
@@ -102,6 +123,17 @@ pub struct Details {
     /// cancel
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reservation_id: Option<CommandId>,
+    /// confirm, expire
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<CommandId>,
+    /// hold, confirm, expire: when the hold runs (or ran) out
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub expires_at: Option<OffsetDateTime>,
     /// define
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u32>,
@@ -128,8 +160,12 @@ pub struct Event {
     /// The command's own fields.
     #[serde(flatten)]
     pub details: Details,
-    /// Capacity minus reserved seats after the command.
+    /// Capacity minus reserved and held seats after the command.
     pub remaining: u32,
+    /// Seats in live holds after the command; on the events of a resource
+    /// that has holds, and of every hold, confirm and expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<u32>,
     /// Aggregate version after the command (unchanged by a rejection).
     pub version: u64,
 }

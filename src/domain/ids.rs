@@ -46,8 +46,20 @@ fn id_schema() -> schemars::Schema {
     })
 }
 
+/// What an expiry's id starts with: `expire:<hold id>` (contract v2).
+pub const EXPIRY_PREFIX: &str = "expire:";
+
+/// A command id: an id, or the id of a hold's expiry, `expire:<hold id>`,
+/// which may be that prefix longer.
+fn validate_command_id(s: &str) -> Result<(), IdError> {
+    match s.strip_prefix(EXPIRY_PREFIX) {
+        Some(hold) if validate(hold).is_ok() => Ok(()),
+        _ => validate(s),
+    }
+}
+
 macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $validate:ident) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -63,7 +75,7 @@ macro_rules! id_type {
         impl TryFrom<String> for $name {
             type Error = IdError;
             fn try_from(s: String) -> Result<Self, IdError> {
-                validate(&s)?;
+                $validate(&s)?;
                 Ok(Self(s))
             }
         }
@@ -73,7 +85,7 @@ macro_rules! id_type {
             fn try_from(s: &str) -> Result<Self, IdError> {
                 // Checked before the copy: a megabyte-long candidate read
                 // from a command body is refused without being copied.
-                validate(s)?;
+                $validate(s)?;
                 Ok(Self(s.to_owned()))
             }
         }
@@ -103,17 +115,28 @@ macro_rules! id_type {
 }
 
 id_type!(
-    /// A command's idempotency key; also names the reservation a reserve makes.
-    CommandId
+    /// A command's idempotency key; also names the reservation a reserve
+    /// (or the hold a hold) makes.
+    CommandId,
+    validate_command_id
 );
 id_type!(
     /// A resource (an aggregate: a concert, a screening, a restaurant service).
-    ResourceId
+    ResourceId,
+    validate
 );
 id_type!(
     /// A customer, for the per-customer limit.
-    CustomerId
+    CustomerId,
+    validate
 );
+
+impl CommandId {
+    /// The id of `hold`'s expiry: `expire:<hold id>`.
+    pub fn expiry_of(hold: &CommandId) -> CommandId {
+        CommandId(format!("{EXPIRY_PREFIX}{hold}"))
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -143,6 +166,16 @@ mod tests {
             CustomerId::try_from(String::from("a\u{0}b")),
             Err(IdError::NotPrintable)
         );
+    }
+
+    #[test]
+    fn an_expirys_id_may_be_its_prefix_longer() {
+        let hold = CommandId::try_from("h".repeat(128)).unwrap();
+        let expiry = CommandId::expiry_of(&hold);
+        assert_eq!(expiry.as_str().len(), 135);
+        assert_eq!(CommandId::try_from(expiry.as_str()), Ok(expiry));
+        assert!(CommandId::try_from(format!("expire:{}", "h".repeat(129))).is_err());
+        assert!(CommandId::try_from(format!("other:{}", "h".repeat(128))).is_err());
     }
 
     #[test]

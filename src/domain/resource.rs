@@ -1,42 +1,97 @@
 //! One resource's aggregate: its state, the rules that decide a command
 //! against it, and the fold that applies an event to it.
+//!
+//! Time is an input: every decision is made at `now`, milliseconds since the
+//! Unix epoch by one clock (Redis's), so a hold runs out at the same moment
+//! for every replica, whatever their own clocks say.
 
 use super::command::{Action, Command, CommandKind};
 use super::event::{Details, Event, Reason, Verdict};
 use super::ids::{CommandId, CustomerId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use time::OffsetDateTime;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = u64;
+
+/// The longest a hold may last, in seconds (a day).
+pub const MAX_HOLD_SECS: u32 = 86_400;
+
+/// A moment as the contract writes it (RFC 3339 UTC).
+pub fn at(ms: Millis) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
 
 /// The scalar part of a defined resource.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resource {
     /// Total seats.
     pub capacity: u32,
-    /// Seats held by accepted, uncancelled reservations.
+    /// Seats taken for good: accepted reserves and confirmed holds, not
+    /// cancelled.
     pub reserved: u32,
+    /// Seats in live holds.
+    #[serde(default)]
+    pub held: u32,
     /// Most seats one customer may hold.
     #[serde(default)]
     pub per_customer_limit: Option<u32>,
-    /// Bumped by every accepted command.
+    /// Bumped by every accepted command and expiry.
     pub version: u64,
 }
 
 impl Resource {
     /// Seats still for sale.
     pub fn remaining(&self) -> u32 {
-        self.capacity.saturating_sub(self.reserved)
+        self.capacity
+            .saturating_sub(self.reserved)
+            .saturating_sub(self.held)
     }
 }
 
-/// An accepted reservation, kept so it can be cancelled.
+/// Where a reservation or hold stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// An accepted reserve: the seats are taken for good.
+    Reserved,
+    /// A live hold: the seats are taken until it runs out.
+    Held,
+    /// A confirmed hold: the seats are taken for good.
+    Confirmed,
+    /// A cancel gave the seats back.
+    Cancelled,
+    /// The hold ran out and gave the seats back.
+    Expired,
+}
+
+/// An accepted reservation or hold, kept so it can be cancelled (and a hold
+/// confirmed or expired).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
-    /// Who holds the seats.
+    /// Who has the seats.
     pub customer_id: CustomerId,
     /// How many seats.
     pub quantity: u32,
-    /// Whether a cancel released them.
-    pub cancelled: bool,
+    /// Where it stands.
+    pub status: Status,
+    /// When a hold runs out; `None` for a reserve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Millis>,
+}
+
+impl Reservation {
+    /// Whether this is a hold (live, confirmed, cancelled or expired).
+    pub fn is_hold(&self) -> bool {
+        self.expires_at.is_some()
+    }
+
+    /// Whether this is a live hold that has run out at `now`.
+    pub fn is_due(&self, now: Millis) -> bool {
+        self.status == Status::Held && self.expires_at.is_some_and(|t| t <= now)
+    }
 }
 
 /// The part of one resource's aggregate that a set of commands can touch.
@@ -48,9 +103,9 @@ pub struct Reservation {
 pub struct State {
     /// `None` until a `define` is accepted.
     pub resource: Option<Resource>,
-    /// Seats held per customer.
+    /// Seats held per customer, reserved or in live holds.
     pub holdings: HashMap<CustomerId, u32>,
-    /// Reservations by id (the reserve command's `command_id`).
+    /// Reservations and holds by id (the reserve's or hold's `command_id`).
     pub reservations: HashMap<CommandId, Reservation>,
 }
 
@@ -65,15 +120,33 @@ impl State {
         self.resource.as_ref().map_or(0, |r| r.version)
     }
 
+    /// Seats in live holds (0 for an unknown resource).
+    pub fn held(&self) -> u32 {
+        self.resource.as_ref().map_or(0, |r| r.held)
+    }
+
+    /// The live holds that have run out at `now`, earliest first (ties by
+    /// id).
+    pub fn due(&self, now: Millis) -> Vec<CommandId> {
+        let mut due: Vec<(&Millis, &CommandId)> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.is_due(now))
+            .filter_map(|(id, r)| Some((r.expires_at.as_ref()?, id)))
+            .collect();
+        due.sort();
+        due.into_iter().map(|(_, id)| id.clone()).collect()
+    }
+
     /// Seats `customer` holds (0 when absent).
     pub fn held_by(&self, customer: &CustomerId) -> u32 {
         self.holdings.get(customer).copied().unwrap_or(0)
     }
 }
 
-/// Decides the outcome of `command` against `state`. Pure and total: every
-/// command gets exactly one event.
-pub fn decide(state: &State, command: &Command) -> Event {
+/// Decides the outcome of `command` against `state` at `now`. Pure and
+/// total: every command gets exactly one event.
+pub fn decide(state: &State, command: &Command, now: Millis) -> Event {
     let (details, decision) = match &command.action {
         Action::Define {
             capacity,
@@ -98,8 +171,34 @@ pub fn decide(state: &State, command: &Command) -> Event {
                 quantity: Some(*quantity),
                 ..Details::default()
             },
-            decide_reserve(state, customer_id, *quantity),
+            decide_take(state, customer_id, *quantity),
         ),
+        Action::Hold {
+            customer_id,
+            quantity,
+            hold_secs,
+        } => (
+            Details {
+                customer_id: Some(customer_id.clone()),
+                quantity: Some(*quantity),
+                expires_at: Some(at(now + u64::from(*hold_secs) * 1000)),
+                ..Details::default()
+            },
+            decide_take(state, customer_id, *quantity),
+        ),
+        Action::Confirm { hold_id } => {
+            let hold = state.reservations.get(hold_id).filter(|r| r.is_hold());
+            (
+                Details {
+                    hold_id: Some(hold_id.clone()),
+                    customer_id: hold.map(|r| r.customer_id.clone()),
+                    quantity: hold.map(|r| r.quantity),
+                    expires_at: hold.and_then(|r| r.expires_at).map(at),
+                    ..Details::default()
+                },
+                decide_confirm(state, hold_id, now),
+            )
+        }
         Action::Cancel { reservation_id } => {
             let reservation = state.reservations.get(reservation_id);
             (
@@ -109,7 +208,7 @@ pub fn decide(state: &State, command: &Command) -> Event {
                     quantity: reservation.map(|r| r.quantity),
                     ..Details::default()
                 },
-                decide_cancel(state, reservation_id),
+                decide_cancel(state, reservation_id, now),
             )
         }
         Action::Invalid { detail, .. } => {
@@ -120,29 +219,82 @@ pub fn decide(state: &State, command: &Command) -> Event {
         Ok(()) => Verdict::Accepted,
         Err((reason, detail)) => Verdict::Rejected { reason, detail },
     };
-    let mut event = Event {
+    let event = Event {
         command_id: command.command_id.clone(),
         command: command.action.kind(),
         verdict,
         resource_id: command.resource_id.clone(),
         details,
         remaining: state.remaining(),
+        held: None,
         version: state.version(),
     };
-    if event.is_accepted() {
-        // The event reports the state after itself; applying it to a copy of
-        // the scalars is the one place that arithmetic lives.
-        let after = apply_scalars(state.resource.clone(), &event, state);
-        event.remaining = after.remaining();
-        event.version = after.version;
+    reported(state, event)
+}
+
+/// The expiry of hold `hold_id` if it has run out at `now`: an accepted
+/// `expire` event (`command_id` = `expire:<hold id>`) that gives its seats
+/// back; `None` if it is not a live hold that has run out.
+pub fn expire(
+    state: &State,
+    resource_id: &super::ResourceId,
+    hold_id: &CommandId,
+    now: Millis,
+) -> Option<Event> {
+    let hold = state.reservations.get(hold_id).filter(|r| r.is_due(now))?;
+    let event = Event {
+        command_id: CommandId::expiry_of(hold_id),
+        command: CommandKind::Expire,
+        verdict: Verdict::Accepted,
+        resource_id: resource_id.clone(),
+        details: Details {
+            hold_id: Some(hold_id.clone()),
+            customer_id: Some(hold.customer_id.clone()),
+            quantity: Some(hold.quantity),
+            expires_at: hold.expires_at.map(at),
+            ..Details::default()
+        },
+        remaining: state.remaining(),
+        held: None,
+        version: state.version(),
+    };
+    Some(reported(state, event))
+}
+
+/// The event reporting the state after itself: applying it to a copy of the
+/// scalars is the one place that arithmetic lives. `held` is reported on the
+/// events of a resource with holds, and on every hold, confirm and expiry.
+fn reported(state: &State, mut event: Event) -> Event {
+    let after = if event.is_accepted() {
+        apply_scalars(state.resource.clone(), &event, state)
+    } else {
+        state.resource.clone().unwrap_or(EMPTY)
+    };
+    event.remaining = after.remaining();
+    event.version = after.version;
+    let about_holds = matches!(
+        event.command,
+        CommandKind::Hold | CommandKind::Confirm | CommandKind::Expire
+    );
+    if about_holds || after.held > 0 || state.held() > 0 {
+        event.held = Some(after.held);
     }
     event
 }
 
+/// A resource before its first define.
+const EMPTY: Resource = Resource {
+    capacity: 0,
+    reserved: 0,
+    held: 0,
+    per_customer_limit: None,
+    version: 0,
+};
+
 /// The rejection of a command whose `command_id` was decided before with
 /// another body. It reports the current state and changes nothing.
 pub fn idempotency_conflict(state: &State, command: &Command) -> Event {
-    Event {
+    let event = Event {
         command_id: command.command_id.clone(),
         command: command.action.kind(),
         verdict: Verdict::Rejected {
@@ -152,29 +304,38 @@ pub fn idempotency_conflict(state: &State, command: &Command) -> Event {
         resource_id: command.resource_id.clone(),
         details: Details::default(),
         remaining: state.remaining(),
+        held: None,
         version: state.version(),
-    }
+    };
+    reported(state, event)
 }
 
 type Decision = Result<(), (Reason, String)>;
 
 fn decide_define(state: &State, capacity: u32) -> Decision {
     match &state.resource {
-        Some(r) if capacity < r.reserved => Err((
+        Some(r) if u64::from(capacity) < u64::from(r.reserved) + u64::from(r.held) => Err((
             Reason::CapacityBelowReserved,
             format!(
-                "capacity {capacity} is below the {} seats reserved",
-                r.reserved
+                "capacity {capacity} is below the {} seats reserved and {} held",
+                r.reserved, r.held
             ),
         )),
         _ => Ok(()),
     }
 }
 
-fn decide_reserve(state: &State, customer: &CustomerId, quantity: u32) -> Decision {
+/// A reserve or a hold: the same rules.
+fn decide_take(state: &State, customer: &CustomerId, quantity: u32) -> Decision {
     let Some(r) = &state.resource else {
         return Err(unknown_resource());
     };
+    if quantity > r.remaining() {
+        return Err((
+            Reason::SoldOut,
+            format!("{} seats remain, {quantity} asked for", r.remaining()),
+        ));
+    }
     let held = state.held_by(customer);
     if let Some(limit) = r.per_customer_limit
         && u64::from(held) + u64::from(quantity) > u64::from(limit)
@@ -184,29 +345,40 @@ fn decide_reserve(state: &State, customer: &CustomerId, quantity: u32) -> Decisi
             format!("customer holds {held} of at most {limit} seats and asked for {quantity}"),
         ));
     }
-    if quantity > r.remaining() {
-        return Err((
-            Reason::SoldOut,
-            format!("{} seats remain, {quantity} asked for", r.remaining()),
-        ));
-    }
     Ok(())
 }
 
-fn decide_cancel(state: &State, reservation_id: &CommandId) -> Decision {
+fn decide_confirm(state: &State, hold_id: &CommandId, now: Millis) -> Decision {
     if state.resource.is_none() {
         return Err(unknown_resource());
     }
-    match state.reservations.get(reservation_id) {
+    let hold = state.reservations.get(hold_id).filter(|r| r.is_hold());
+    match hold.map(|h| (h.status, h.is_due(now))) {
+        None => Err((Reason::UnknownHold, format!("no hold {hold_id}"))),
+        Some((Status::Held, true) | (Status::Expired, _)) => Err(expired(hold_id)),
+        Some((Status::Held, false)) => Ok(()),
+        Some((Status::Confirmed, _)) => Err((
+            Reason::AlreadyConfirmed,
+            format!("hold {hold_id} was already confirmed"),
+        )),
+        Some((Status::Cancelled, _)) => Err(cancelled(hold_id)),
+        Some((Status::Reserved, _)) => Err((Reason::UnknownHold, format!("no hold {hold_id}"))),
+    }
+}
+
+fn decide_cancel(state: &State, reservation_id: &CommandId, now: Millis) -> Decision {
+    if state.resource.is_none() {
+        return Err(unknown_resource());
+    }
+    let reservation = state.reservations.get(reservation_id);
+    match reservation.map(|r| (r.status, r.is_due(now))) {
         None => Err((
             Reason::UnknownReservation,
             format!("no accepted reservation {reservation_id}"),
         )),
-        Some(r) if r.cancelled => Err((
-            Reason::AlreadyCancelled,
-            format!("reservation {reservation_id} was already cancelled"),
-        )),
-        Some(_) => Ok(()),
+        Some((Status::Cancelled, _)) => Err(cancelled(reservation_id)),
+        Some((Status::Held, true) | (Status::Expired, _)) => Err(expired(reservation_id)),
+        Some((Status::Reserved | Status::Held | Status::Confirmed, _)) => Ok(()),
     }
 }
 
@@ -217,36 +389,61 @@ fn unknown_resource() -> (Reason, String) {
     )
 }
 
+fn cancelled(id: &CommandId) -> (Reason, String) {
+    (
+        Reason::AlreadyCancelled,
+        format!("reservation {id} was already cancelled"),
+    )
+}
+
+fn expired(id: &CommandId) -> (Reason, String) {
+    (Reason::HoldExpired, format!("hold {id} has run out"))
+}
+
 /// Folds an event into the state. Rejections change nothing.
 pub fn apply(mut state: State, event: &Event) -> State {
     if !event.is_accepted() {
         return state;
     }
     state.resource = Some(apply_scalars(state.resource.take(), event, &state));
+    let d = &event.details;
     match event.command {
-        CommandKind::Reserve => {
-            if let (Some(customer), Some(quantity)) =
-                (&event.details.customer_id, event.details.quantity)
-            {
+        CommandKind::Reserve | CommandKind::Hold => {
+            if let (Some(customer), Some(quantity)) = (&d.customer_id, d.quantity) {
                 *state.holdings.entry(customer.clone()).or_insert(0) += quantity;
+                let expires_at = d.expires_at.map(millis);
+                let status = if expires_at.is_some() {
+                    Status::Held
+                } else {
+                    Status::Reserved
+                };
                 state.reservations.insert(
                     event.command_id.clone(),
                     Reservation {
                         customer_id: customer.clone(),
                         quantity,
-                        cancelled: false,
+                        status,
+                        expires_at,
                     },
                 );
             }
         }
-        CommandKind::Cancel => {
-            if let Some(reservation) = event
-                .details
-                .reservation_id
+        CommandKind::Confirm => {
+            if let Some(hold) = d
+                .hold_id
                 .as_ref()
                 .and_then(|id| state.reservations.get_mut(id))
             {
-                reservation.cancelled = true;
+                hold.status = Status::Confirmed;
+            }
+        }
+        CommandKind::Cancel | CommandKind::Expire => {
+            let id = d.reservation_id.as_ref().or(d.hold_id.as_ref());
+            if let Some(reservation) = id.and_then(|id| state.reservations.get_mut(id)) {
+                reservation.status = match event.command {
+                    CommandKind::Cancel => Status::Cancelled,
+                    _ => Status::Expired,
+                };
                 let held = state
                     .holdings
                     .entry(reservation.customer_id.clone())
@@ -259,29 +456,41 @@ pub fn apply(mut state: State, event: &Event) -> State {
     state
 }
 
-/// The scalar effect of an accepted event: capacity, reserved, version.
+/// A moment as milliseconds since the Unix epoch.
+pub fn millis(t: OffsetDateTime) -> Millis {
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// The scalar effect of an accepted event: capacity, reserved, held,
+/// version.
 fn apply_scalars(resource: Option<Resource>, event: &Event, state: &State) -> Resource {
-    let mut r = resource.unwrap_or(Resource {
-        capacity: 0,
-        reserved: 0,
-        per_customer_limit: None,
-        version: 0,
-    });
+    let mut r = resource.unwrap_or(EMPTY);
+    let d = &event.details;
+    let quantity = d.quantity.unwrap_or(0);
     match event.command {
         CommandKind::Define => {
-            r.capacity = event.details.capacity.unwrap_or(r.capacity);
-            r.per_customer_limit = event.details.per_customer_limit;
+            r.capacity = d.capacity.unwrap_or(r.capacity);
+            r.per_customer_limit = d.per_customer_limit;
         }
-        CommandKind::Reserve => r.reserved += event.details.quantity.unwrap_or(0),
+        CommandKind::Reserve => r.reserved += quantity,
+        CommandKind::Hold => r.held += quantity,
+        CommandKind::Confirm => {
+            r.held = r.held.saturating_sub(quantity);
+            r.reserved += quantity;
+        }
+        CommandKind::Expire => r.held = r.held.saturating_sub(quantity),
         CommandKind::Cancel => {
-            let released = event
-                .details
+            let released = d
                 .reservation_id
                 .as_ref()
-                .and_then(|id| state.reservations.get(id))
-                .filter(|res| !res.cancelled)
-                .map_or(0, |res| res.quantity);
-            r.reserved = r.reserved.saturating_sub(released);
+                .and_then(|id| state.reservations.get(id));
+            match released.map(|res| (res.status, res.quantity)) {
+                Some((Status::Held, q)) => r.held = r.held.saturating_sub(q),
+                Some((Status::Reserved | Status::Confirmed, q)) => {
+                    r.reserved = r.reserved.saturating_sub(q)
+                }
+                _ => {}
+            }
         }
         CommandKind::Unknown => {}
     }

@@ -3,7 +3,10 @@
 use super::command::{Action, Command, LimitChange};
 use super::event::{Event, Reason, Verdict};
 use super::ids::{CommandId, CustomerId, ResourceId};
-use super::resource::{State, apply, decide};
+use super::resource::{Millis, State, apply, decide, expire};
+
+/// The moment the history starts at (2023-11-14T22:13:20Z), in ms.
+pub const T0: Millis = 1_700_000_000_000;
 
 /// A command against resource `r`.
 fn command(id: &str, action: Action) -> Command {
@@ -36,6 +39,26 @@ pub fn reserve(id: &str, customer: &str, quantity: u32) -> Command {
     )
 }
 
+pub fn hold(id: &str, customer: &str, quantity: u32, secs: u32) -> Command {
+    command(
+        id,
+        Action::Hold {
+            customer_id: CustomerId::try_from(customer).unwrap(),
+            quantity,
+            hold_secs: secs,
+        },
+    )
+}
+
+pub fn confirm(id: &str, hold: &str) -> Command {
+    command(
+        id,
+        Action::Confirm {
+            hold_id: CommandId::try_from(hold).unwrap(),
+        },
+    )
+}
+
 pub fn cancel(id: &str, reservation: &str) -> Command {
     command(
         id,
@@ -45,17 +68,32 @@ pub fn cancel(id: &str, reservation: &str) -> Command {
     )
 }
 
-/// The history so far: each command is decided and applied in order.
+/// The history so far: each command is decided and applied in order, all
+/// at [`T0`].
 pub fn given(history: &[Command]) -> Given {
     let state = history.iter().fold(State::default(), |state, c| {
-        let event = decide(&state, c);
+        let event = decide(&state, c, T0);
         apply(state, &event)
     });
-    Given { state }
+    Given { state, now: T0 }
 }
 
 pub struct Given {
     state: State,
+    now: Millis,
+}
+
+/// Expires every hold due at `now`, as a batch does before its commands.
+fn expire_due(mut state: State, now: Millis) -> (State, Vec<Event>) {
+    let mut expiries = Vec::new();
+    for id in state.due(now) {
+        let resource_id = ResourceId::try_from("r").unwrap();
+        if let Some(event) = expire(&state, &resource_id, &id, now) {
+            state = apply(state, &event);
+            expiries.push(event);
+        }
+    }
+    (state, expiries)
 }
 
 impl Given {
@@ -63,11 +101,21 @@ impl Given {
         self.state
     }
 
+    /// The clock moves on by `ms` milliseconds.
+    pub fn after_ms(mut self, ms: Millis) -> Self {
+        self.now += ms;
+        self
+    }
+
+    /// Decides `command` now, after expiring the holds that are due, the
+    /// way a batch does.
     pub fn when(self, command: Command) -> Then {
-        let event = decide(&self.state, &command);
-        let state = apply(self.state.clone(), &event);
+        let (before, expiries) = expire_due(self.state, self.now);
+        let event = decide(&before, &command, self.now);
+        let state = apply(before.clone(), &event);
         Then {
-            before: self.state,
+            before,
+            expiries,
             event,
             state,
         }
@@ -75,7 +123,10 @@ impl Given {
 }
 
 pub struct Then {
+    /// The state the command was decided against (holds due expired).
     before: State,
+    /// The expiries recorded before the command.
+    expiries: Vec<Event>,
     event: Event,
     state: State,
 }
@@ -83,6 +134,17 @@ pub struct Then {
 impl Then {
     pub fn event(self) -> Event {
         self.event
+    }
+
+    /// The holds that expired before the command was decided.
+    pub fn then_expired(self, holds: &[&str]) -> Self {
+        let got: Vec<&str> = self
+            .expiries
+            .iter()
+            .map(|e| e.details.hold_id.as_ref().map_or("", |h| h.as_str()))
+            .collect();
+        assert_eq!(got, holds, "expiries: {:?}", self.expiries);
+        self
     }
 
     pub fn then_accepted(self, remaining: u32, version: u64) -> Self {

@@ -9,8 +9,8 @@ use super::fields::{Fields, Key, Malformed};
 use super::raw::{self, Text};
 use super::{CommandBody, MAX_BODY_BYTES, Unreadable, sha256_hex};
 use crate::domain::{
-    Action, Command, CommandId, CommandKind, IdError, LimitChange, MAX_ID_CHARS, ResourceId,
-    Submission,
+    Action, Command, CommandId, CommandKind, EXPIRY_PREFIX, IdError, LimitChange, MAX_HOLD_SECS,
+    MAX_ID_CHARS, ResourceId, Submission,
 };
 use std::borrow::Cow;
 
@@ -33,6 +33,10 @@ pub fn decode(body: &[u8]) -> Result<Submission, Unreadable> {
         Err(format!(
             "body is {} bytes; at most {MAX_BODY_BYTES} are allowed",
             body.len()
+        ))
+    } else if command_id.as_str().starts_with(EXPIRY_PREFIX) {
+        Err(format!(
+            "command_id may not start with {EXPIRY_PREFIX:?}: such ids name the expiries of holds"
         ))
     } else {
         parse_action(kind, &fields)
@@ -78,7 +82,7 @@ fn kind(f: &Fields) -> CommandKind {
     if f.is_duplicated(Key::Type) {
         return CommandKind::Unknown;
     }
-    let Some(Text::Chars(name)) = f.get(Key::Type).map(|raw| raw::text(raw, "reserve".len()))
+    let Some(Text::Chars(name)) = f.get(Key::Type).map(|raw| raw::text(raw, "confirm".len()))
     else {
         return CommandKind::Unknown;
     };
@@ -86,9 +90,14 @@ fn kind(f: &Fields) -> CommandKind {
         "define" => CommandKind::Define,
         "reserve" => CommandKind::Reserve,
         "cancel" => CommandKind::Cancel,
+        "hold" => CommandKind::Hold,
+        "confirm" => CommandKind::Confirm,
         _ => CommandKind::Unknown,
     }
 }
+
+/// The command types of the contract.
+const TYPES: &str = "define, reserve, cancel, hold, confirm";
 
 fn parse_action(kind: CommandKind, f: &Fields) -> Result<Action, String> {
     if let Some(key) = f.first_duplicate() {
@@ -110,12 +119,19 @@ fn parse_action(kind: CommandKind, f: &Fields) -> Result<Action, String> {
         CommandKind::Cancel => Ok(Action::Cancel {
             reservation_id: required_id(f, Key::ReservationId)?,
         }),
-        CommandKind::Unknown => Err(match f.get(Key::Type) {
-            None => "type is required: one of define, reserve, cancel".into(),
-            Some(t) => format!(
-                "type {} is not one of define, reserve, cancel",
-                raw::short(t)
-            ),
+        CommandKind::Hold => Ok(Action::Hold {
+            customer_id: required_id(f, Key::CustomerId)?,
+            quantity: count(f, Key::Quantity, 1)?.ok_or("quantity is required")?,
+            hold_secs: count_in(f, Key::HoldSecs, 1, MAX_HOLD_SECS)?
+                .ok_or("hold_secs is required")?,
+        }),
+        CommandKind::Confirm => Ok(Action::Confirm {
+            hold_id: required_id(f, Key::HoldId)?,
+        }),
+        // An expiry is not a command: its name is as unknown as any other.
+        CommandKind::Unknown | CommandKind::Expire => Err(match f.get(Key::Type) {
+            None => format!("type is required: one of {TYPES}"),
+            Some(t) => format!("type {} is not one of {TYPES}", raw::short(t)),
         }),
     }
 }
@@ -143,6 +159,11 @@ where
 
 /// An optional integer field in `min..=u32::MAX`.
 fn count(f: &Fields, key: Key, min: u32) -> Result<Option<u32>, String> {
+    count_in(f, key, min, u32::MAX)
+}
+
+/// An optional integer in `min..=max`.
+fn count_in(f: &Fields, key: Key, min: u32, max: u32) -> Result<Option<u32>, String> {
     let raw = match f.get(key) {
         None => return Ok(None),
         Some(raw) if raw.get() == "null" => return Ok(None),
@@ -155,13 +176,12 @@ fn count(f: &Fields, key: Key, min: u32) -> Result<Option<u32>, String> {
         .filter(|json| json.starts_with(|c: char| c == '-' || c.is_ascii_digit()))
         .and_then(|json| serde_json::from_str::<u64>(json).ok())
         .and_then(|n| u32::try_from(n).ok())
-        .filter(|n| *n >= min)
+        .filter(|n| (min..=max).contains(n))
         .map(Some)
         .ok_or_else(|| {
             format!(
-                "{} must be an integer from {min} to {}, got {}",
+                "{} must be an integer from {min} to {max}, got {}",
                 key.name(),
-                u32::MAX,
                 raw::short(raw)
             )
         })

@@ -46,10 +46,12 @@ pub(super) enum Key {
     Capacity,
     PerCustomerLimit,
     ReservationId,
+    HoldSecs,
+    HoldId,
 }
 
 impl Key {
-    const ALL: [Key; 8] = [
+    const ALL: [Key; 10] = [
         Key::Type,
         Key::CommandId,
         Key::ResourceId,
@@ -58,6 +60,8 @@ impl Key {
         Key::Capacity,
         Key::PerCustomerLimit,
         Key::ReservationId,
+        Key::HoldSecs,
+        Key::HoldId,
     ];
 
     /// The longest name, in characters.
@@ -74,6 +78,8 @@ impl Key {
             Key::Capacity => "capacity",
             Key::PerCustomerLimit => "per_customer_limit",
             Key::ReservationId => "reservation_id",
+            Key::HoldSecs => "hold_secs",
+            Key::HoldId => "hold_id",
         }
     }
 

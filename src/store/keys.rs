@@ -9,8 +9,12 @@
 //! setup marker's tag, `%setup`, is one no encoding produces (a `%` is
 //! always followed by two hex digits).
 
-use crate::domain::{CommandId, ResourceId};
+use crate::domain::{CommandId, DueHold, ResourceId};
 use std::borrow::Cow;
+
+/// Shards of the due-time index: the holds of a rush spread over them, and
+/// one sweep reads them all in one round trip.
+pub const DUE_SHARDS: usize = 16;
 
 /// The keys of every resource, under one prefix.
 #[derive(Debug, Clone)]
@@ -73,10 +77,43 @@ impl Keys {
         format!("{}{{%setup}}:initialised", self.prefix)
     }
 
+    /// The index shard a resource's holds go to.
+    pub fn due_shard(&self, r: &ResourceId) -> usize {
+        let hash = r.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (hash % DUE_SHARDS as u64) as usize
+    }
+
     /// A key the readiness probe writes to, to learn whether Redis takes
     /// writes.
     pub fn probe(&self) -> String {
         format!("{}{{%setup}}:probe", self.prefix)
+    }
+
+    /// The resource's live holds by when they run out (sorted set: score =
+    /// `expires_at` in ms, member = the hold, see `store::hold_member`).
+    pub fn holds(&self, r: &ResourceId) -> String {
+        self.key(r, "holds")
+    }
+
+    /// A hold's expiry: its `expire` event, kept for good.
+    pub fn expiry(&self, r: &ResourceId, hold: &CommandId) -> String {
+        self.key(r, &format!("expiry:{hold}"))
+    }
+
+    /// Shard `n` of the due-time index of every resource's holds, which the
+    /// workers sweep (sorted set: score = `expires_at`, member =
+    /// `[resource, hold, expires_at]`).
+    pub fn due_index(&self, n: usize) -> String {
+        format!("{}{{%due-{n}}}:holds", self.prefix)
+    }
+
+    /// The member of the due-time index that stands for `hold` of `r`.
+    /// It names the hold's `expires_at`, so an entry left by a transaction
+    /// that lost its race never shadows the one its retry wrote.
+    pub fn due_member(&self, r: &ResourceId, hold: &DueHold) -> String {
+        serde_json::json!([r, hold.id, hold.expires_at]).to_string()
     }
 
     /// One command's idempotency record.

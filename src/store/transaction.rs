@@ -4,7 +4,8 @@
 use super::error::{StoreError, corrupt};
 use super::keys::Keys;
 use crate::domain::{
-    Applied, ChangeSet, CommandId, Holding, Reads, Record, Resource, ResourceId, Snapshot, State,
+    Applied, ChangeSet, CommandId, DueHold, Holding, Millis, Reads, Record, Resource, ResourceId,
+    Snapshot, State,
 };
 use crate::message::OutgoingEvent;
 use deadpool_redis::Connection;
@@ -88,11 +89,20 @@ impl<'a> Transaction<'a> {
             .arg(&record_keys)
             .ignore();
         pipe.exists(&marker);
+        pipe.cmd("TIME");
+        pipe.cmd("ZRANGE")
+            .arg(keys.holds(resource))
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES");
         pipe.get(&state_key);
-        pipe.cmd("MGET").arg(&record_keys);
-        pipe.cmd("HMGET")
-            .arg(keys.applied(resource))
-            .arg(ids(&reads.commands));
+        // A sweep's batch is empty: it names no command.
+        if !reads.commands.is_empty() {
+            pipe.cmd("MGET").arg(&record_keys);
+            pipe.cmd("HMGET")
+                .arg(keys.applied(resource))
+                .arg(ids(&reads.commands));
+        }
         if !reads.customers.is_empty() {
             pipe.cmd("HMGET").arg(keys.holdings(resource)).arg(
                 reads
@@ -115,8 +125,14 @@ impl<'a> Transaction<'a> {
         if !initialised {
             return Err(StoreError::Uninitialised { key: marker });
         }
+        let (secs, micros): (u64, u64) = parse(next(), "TIME")?;
+        let now = secs * 1000 + micros / 1000;
+        let earliest: Vec<(String, f64)> = parse(next(), &keys.holds(resource))?;
         let state: Option<String> = parse(next(), &state_key)?;
         let mut snapshot = Snapshot {
+            resource_id: resource.clone(),
+            now,
+            due: Vec::new(),
             state: State {
                 resource: state
                     .map(|json| from_json::<Resource>(&json, &state_key))
@@ -125,24 +141,26 @@ impl<'a> Transaction<'a> {
             },
             records: HashMap::new(),
         };
-        let records: Vec<Option<String>> = parse(next(), "the records")?;
-        for ((id, key), json) in reads.commands.iter().zip(&record_keys).zip(records) {
-            if let Some(json) = json {
-                snapshot.records.insert(
-                    (*id).clone(),
-                    from_json::<Record<OutgoingEvent>>(&json, key)?,
-                );
-            }
-        }
-        let applied_key = keys.applied(resource);
-        let applied: Vec<Option<String>> = parse(next(), &applied_key)?;
         let mut expired: Vec<(&CommandId, Applied)> = Vec::new();
-        for (id, entry) in reads.commands.iter().zip(applied) {
-            if let Some(entry) = entry
-                && !snapshot.records.contains_key(*id)
-                && !expired.iter().any(|(e, _)| e == id)
-            {
-                expired.push((*id, parse_applied(&entry, &applied_key)?));
+        if !reads.commands.is_empty() {
+            let records: Vec<Option<String>> = parse(next(), "the records")?;
+            for ((id, key), json) in reads.commands.iter().zip(&record_keys).zip(records) {
+                if let Some(json) = json {
+                    snapshot.records.insert(
+                        (*id).clone(),
+                        from_json::<Record<OutgoingEvent>>(&json, key)?,
+                    );
+                }
+            }
+            let applied_key = keys.applied(resource);
+            let applied: Vec<Option<String>> = parse(next(), &applied_key)?;
+            for (id, entry) in reads.commands.iter().zip(applied) {
+                if let Some(entry) = entry
+                    && !snapshot.records.contains_key(*id)
+                    && !expired.iter().any(|(e, _)| e == id)
+                {
+                    expired.push((*id, parse_applied(&entry, &applied_key)?));
+                }
             }
         }
         if !reads.customers.is_empty() {
@@ -169,7 +187,56 @@ impl<'a> Transaction<'a> {
             let recovered = self.recover(resource, &expired).await?;
             snapshot.records.extend(recovered);
         }
+        // Holds that have run out: a second round trip, only when there are.
+        if earliest.first().is_some_and(|(_, at)| *at as u64 <= now) {
+            snapshot.due = self.due(resource, now).await?;
+        }
         Ok(snapshot)
+    }
+
+    /// Every hold of `resource` that has run out at `now`, earliest first.
+    async fn due(
+        &mut self,
+        resource: &ResourceId,
+        now: Millis,
+    ) -> Result<Vec<DueHold>, StoreError> {
+        let key = self.keys.holds(resource);
+        let due: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now)
+            .arg("WITHSCORES")
+            .query_async(&mut **self.conn())
+            .await?;
+        due.into_iter()
+            .map(|(member, at)| {
+                hold_from_member(&member, at as Millis).map_err(|e| corrupt(&key, e))
+            })
+            .collect()
+    }
+
+    /// Puts holds about to be committed into the due-time index that the
+    /// workers sweep. Done before the commit: an entry for a hold that was
+    /// not committed after all costs the sweep one look, but a committed
+    /// hold missing from the index would run out unnoticed.
+    pub async fn index_holds(
+        &mut self,
+        resource: &ResourceId,
+        holds: &[DueHold],
+    ) -> Result<(), StoreError> {
+        let keys = self.keys;
+        let mut pipe = redis::pipe();
+        for hold in holds {
+            let entry = serde_json::json!([resource, hold.id, hold.expires_at]).to_string();
+            pipe.zadd(
+                keys.due_index(keys.due_shard(resource)),
+                entry,
+                hold.expires_at,
+            )
+            .ignore();
+        }
+        pipe.query_async::<()>(&mut **self.conn()).await?;
+        Ok(())
     }
 
     /// Rebuilds the records of accepted commands whose records expired,
@@ -279,6 +346,22 @@ impl<'a> Transaction<'a> {
             }
             tx.add_command(hset).ignore();
         }
+        for (hold, event) in &changes.expiries {
+            tx.cmd("XADD")
+                .arg(keys.history(resource))
+                .arg(format!("{}-0", event.version))
+                .arg("event")
+                .arg(&event.body)
+                .ignore();
+            tx.set(keys.expiry(resource, hold), to_json(event)).ignore();
+        }
+        for hold in &changes.holds_added {
+            tx.zadd(keys.holds(resource), hold_member(hold), hold.expires_at)
+                .ignore();
+        }
+        for hold in &changes.holds_removed {
+            tx.zrem(keys.holds(resource), hold_member(hold)).ignore();
+        }
         for (id, record) in &changes.records {
             // History entries are numbered by version: an accepted event is
             // `<version>-0`, so it can be found again by its version; a
@@ -318,6 +401,34 @@ impl<'a> Transaction<'a> {
         }
         tx
     }
+}
+
+/// A hold as its resource's due-time index keeps it (the score is
+/// `expires_at`).
+pub fn hold_member(hold: &DueHold) -> String {
+    serde_json::json!({
+        "id": hold.id,
+        "customer_id": hold.customer_id,
+        "quantity": hold.quantity,
+    })
+    .to_string()
+}
+
+/// A hold from its due-time index entry.
+fn hold_from_member(member: &str, expires_at: Millis) -> Result<DueHold, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Member {
+        id: CommandId,
+        customer_id: crate::domain::CustomerId,
+        quantity: u32,
+    }
+    let m: Member = serde_json::from_str(member)?;
+    Ok(DueHold {
+        id: m.id,
+        customer_id: m.customer_id,
+        quantity: m.quantity,
+        expires_at,
+    })
 }
 
 /// The ids as strings, for HMGET.

@@ -157,6 +157,26 @@ impl Pipeline {
         self.abandon.cancel();
     }
 
+    /// Resolves once the session is abandoned.
+    pub(super) async fn abandoned(&self) {
+        self.abandon.cancelled().await
+    }
+
+    /// The worker's settings.
+    pub(super) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The Redis side.
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The readiness flags.
+    pub(super) fn health(&self) -> &Health {
+        &self.health
+    }
+
     /// One delivery, from receipt to settlement, part one: decoded and
     /// queued for its decision now, in the order the broker delivered it,
     /// so the commands of one resource are decided in that order. Once
@@ -263,7 +283,7 @@ impl Pipeline {
     /// Commits a batch of one resource's commands, retrying lost WATCH races
     /// with jittered backoff and waiting out Redis outages in place: an
     /// outage is no reason to burn the messages' delivery attempts.
-    async fn commit(
+    pub(super) async fn commit(
         &self,
         resource: &ResourceId,
         batch: &[Submission],
@@ -399,7 +419,7 @@ impl Pipeline {
     /// Publishes the outcome, retrying in place a few times: a nack, a
     /// return or a missing confirm is usually brief, and retrying here does
     /// not spend the command's delivery attempts.
-    async fn publish_event(&self, event: &OutgoingEvent) -> Result<(), Failure> {
+    pub(super) async fn publish_event(&self, event: &OutgoingEvent) -> Result<(), Failure> {
         let amqp = &self.settings.amqp;
         let w = &self.settings.worker;
         let event_id = event.event_id.to_string();

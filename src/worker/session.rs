@@ -135,6 +135,10 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
         publisher.clone(),
         tracker.clone(),
     ));
+    // Holds that run out are found and released by every replica's sweep;
+    // it stops at shutdown, between two sweeps.
+    let sweeping = CancellationToken::new();
+    tracker.spawn(super::sweeper::run(pipeline.clone(), sweeping.clone()));
     let mut store_state = health.watch_store();
     let end = loop {
         let consuming = !tags.is_empty();
@@ -183,6 +187,7 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
         }
     };
     health.set_consuming(false);
+    sweeping.cancel();
     tracker.close();
     if end.is_ok() {
         // Shutdown: take no more deliveries, let in-flight ones finish.

@@ -97,6 +97,9 @@ fn traffic(seed: u64) -> Vec<CommandBody> {
             seed: seed * 100 + i as u64,
             timeout_secs: 0,
             in_flight: 1,
+            holds: false,
+            confirm_ratio: 0.0,
+            hold_secs: rush::HoldSecs { min: 1, max: 1 },
         };
         let mut bodies = rush::generate(&rid(sale.id), &options);
         // Cancel reservations among the first (likely accepted) ones, mostly

@@ -286,6 +286,13 @@ impl TestApp {
         self.events.lock().unwrap().clone()
     }
 
+    /// The events received after the first `n`, in arrival order.
+    pub fn received_since(&self, n: usize) -> Vec<(EventEnvelope, Vec<u8>)> {
+        self.assert_contract_kept();
+        let events = self.events.lock().unwrap();
+        events.get(n..).map(<[_]>::to_vec).unwrap_or_default()
+    }
+
     /// The prefix of this test's queue names and Redis keys.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -487,6 +494,24 @@ pub fn cancel(id: &str, resource: &str, reservation: &str) -> CommandBody {
         command_id: CommandId::try_from(id).unwrap(),
         resource_id: rid(resource),
         reservation_id: CommandId::try_from(reservation).unwrap(),
+    }
+}
+
+pub fn hold(id: &str, resource: &str, customer: &str, quantity: u32, secs: u32) -> CommandBody {
+    CommandBody::Hold {
+        command_id: CommandId::try_from(id).unwrap(),
+        resource_id: rid(resource),
+        customer_id: CustomerId::try_from(customer).unwrap(),
+        quantity,
+        hold_secs: secs,
+    }
+}
+
+pub fn confirm(id: &str, resource: &str, hold: &str) -> CommandBody {
+    CommandBody::Confirm {
+        command_id: CommandId::try_from(id).unwrap(),
+        resource_id: rid(resource),
+        hold_id: CommandId::try_from(hold).unwrap(),
     }
 }
 

@@ -7,7 +7,11 @@ mod concurrency;
 mod crash;
 mod faults;
 mod helpers;
+mod holds;
 mod http;
+// The checks of a rush's events and history, shared with the binary.
+#[path = "../../src/cli/rush/ledger.rs"]
+mod ledger;
 mod memory;
 mod partitions;
 // The rush's traffic generator, shared with the binary.

@@ -23,6 +23,18 @@ impl WorkerProcess {
     /// Its health endpoint, if enabled, takes any free port unless the
     /// settings name one.
     pub fn spawn(settings: &Settings, name: &str) -> WorkerProcess {
+        Self::spawn_with_clock(settings, name, None)
+    }
+
+    /// Like [`WorkerProcess::spawn`], with the process's wall clock moved
+    /// by `offset` (e.g. `+90s`, `-90s`) by libfaketime: a replica whose
+    /// clock is that far off. Its monotonic clock (timers, timeouts) is
+    /// left alone.
+    pub fn spawn_with_clock(
+        settings: &Settings,
+        name: &str,
+        offset: Option<&str>,
+    ) -> WorkerProcess {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("faults");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("{name}.log"));
@@ -45,6 +57,14 @@ impl WorkerProcess {
             if let Ok(v) = std::env::var(passthrough) {
                 command.env(passthrough, v);
             }
+        }
+        if let Some(offset) = offset {
+            // Preloaded into the worker itself (not run under the
+            // `faketime` wrapper), so signals reach the worker.
+            command
+                .env("LD_PRELOAD", libfaketime())
+                .env("FAKETIME", offset)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
         let child = command.spawn().expect("spawn the worker binary");
         WorkerProcess {
@@ -150,4 +170,18 @@ impl Drop for WorkerProcess {
             self.kill();
         }
     }
+}
+
+/// Where the `faketime` package put its library.
+fn libfaketime() -> PathBuf {
+    let candidates = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|arch| arch.path().join("faketime/libfaketime.so.1"))
+        .chain([PathBuf::from("/usr/lib/faketime/libfaketime.so.1")]);
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("libfaketime (apt-get install faketime; scripts/test installs it)")
 }

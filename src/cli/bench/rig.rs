@@ -152,9 +152,8 @@ impl Rig {
         let connection = admin::connect(a, &format!("{prefix}-bench"))
             .await
             .context("connecting to the broker")?;
-        let channel = connection.create_channel().await?;
-        admin::declare_topology(&channel, a).await?;
-        let _ = channel.close(200, "declared".into()).await;
+        // The run's own topology and store, set up as `setup` does.
+        reservation_worker::startup::setup(&settings).await?;
         let mut events = Events::subscribe(a, &format!("{prefix}-bench-events")).await?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let sink = seen.clone();

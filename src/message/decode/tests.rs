@@ -216,15 +216,15 @@ fn field_errors_keep_their_exact_wording() {
         ),
         (
             r#"{"command_id":"c","resource_id":"r"}"#.into(),
-            "type is required: one of define, reserve, cancel",
+            "type is required: one of define, reserve, cancel, hold, confirm",
         ),
         (
             r#"{"type":"fly","command_id":"c","resource_id":"r"}"#.into(),
-            r#"type "fly" is not one of define, reserve, cancel"#,
+            r#"type "fly" is not one of define, reserve, cancel, hold, confirm"#,
         ),
         (
             r#"{"type":null,"command_id":"c","resource_id":"r"}"#.into(),
-            "type null is not one of define, reserve, cancel",
+            "type null is not one of define, reserve, cancel, hold, confirm",
         ),
         (
             reserve(r#","customer_id":"u\nv","quantity":1"#),
@@ -237,6 +237,34 @@ fn field_errors_keep_their_exact_wording() {
         (
             r#"{"type":"define","command_id":"c","resource_id":"r","capacity":4294967296}"#.into(),
             "capacity must be an integer from 0 to 4294967295, got 4294967296",
+        ),
+        (
+            r#"{"type":"hold","command_id":"c","resource_id":"r","customer_id":"u","quantity":1}"#.into(),
+            "hold_secs is required",
+        ),
+        (
+            r#"{"type":"hold","command_id":"c","resource_id":"r","customer_id":"u","quantity":1,"hold_secs":0}"#.into(),
+            "hold_secs must be an integer from 1 to 86400, got 0",
+        ),
+        (
+            r#"{"type":"hold","command_id":"c","resource_id":"r","customer_id":"u","quantity":1,"hold_secs":86401}"#.into(),
+            "hold_secs must be an integer from 1 to 86400, got 86401",
+        ),
+        (
+            r#"{"type":"hold","command_id":"c","resource_id":"r","customer_id":"u","hold_secs":5}"#.into(),
+            "quantity is required",
+        ),
+        (
+            r#"{"type":"confirm","command_id":"c","resource_id":"r"}"#.into(),
+            "hold_id is required",
+        ),
+        (
+            r#"{"type":"confirm","command_id":"expire:h","resource_id":"r","hold_id":"h"}"#.into(),
+            "command_id may not start with \"expire:\": such ids name the expiries of holds",
+        ),
+        (
+            r#"{"type":"expire","command_id":"c","resource_id":"r"}"#.into(),
+            "type \"expire\" is not one of define, reserve, cancel, hold, confirm",
         ),
     ] {
         assert_eq!(invalid_detail(body.as_bytes()), detail, "{body}");
