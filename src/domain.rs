@@ -2,7 +2,7 @@
 //! it (reserve, hold, confirm, cancel, define), the events they produce,
 //! the expiry of holds, and the decision of a whole batch.
 //!
-//! `decide(&State, &Command) -> Event` is the business logic of one
+//! `decide(&State, &Command, now) -> Event` is the business logic of one
 //! command and `apply(State, &Event) -> State` folds an event into the
 //! state; [`decide_batch`] decides the commands one transaction commits
 //! together, idempotency included, and returns the [`ChangeSet`] to write.

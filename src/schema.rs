@@ -119,7 +119,7 @@ mod tests {
             .into_iter()
             .filter(|e| e.get("type").is_some())
             .collect();
-        assert_eq!(commands.len(), 3, "define, reserve and cancel");
+        assert_eq!(commands.len(), 5, "define, reserve, cancel, hold, confirm");
         for command in &commands {
             assert_eq!(errors(&v, command), Vec::<String>::new(), "{command}");
         }
@@ -134,7 +134,7 @@ mod tests {
             .into_iter()
             .filter(|e| e.get("event_id").is_some())
             .collect();
-        assert_eq!(events.len(), 2, "one accepted, one rejected");
+        assert_eq!(events.len(), 3, "one accepted, one rejected, one expiry");
         for event in &events {
             assert_eq!(errors(&v, event), Vec::<String>::new(), "{event}");
         }

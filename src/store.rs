@@ -38,7 +38,7 @@ mod transaction;
 
 pub use due::DueEntry;
 pub use error::StoreError;
-pub use keys::Keys;
+pub use keys::{DUE_SHARDS, Keys};
 pub use transaction::{Commit, Transaction};
 
 use crate::config::RedisSettings;

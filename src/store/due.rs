@@ -32,17 +32,6 @@ pub struct DueEntry {
     member: String,
 }
 
-/// What one look at the index found.
-#[derive(Debug, Clone, Default)]
-pub struct DueSweep {
-    /// Redis's time when it looked.
-    pub now: Millis,
-    /// Entries due by then, grouped by resource, earliest first within each.
-    pub by_resource: BTreeMap<ResourceId, Vec<DueEntry>>,
-    /// Whether some shard had more due entries than were read.
-    pub more: bool,
-}
-
 impl Store {
     /// Redis's clock, in ms since the Unix epoch: the one clock every
     /// replica judges holds by.
@@ -52,64 +41,58 @@ impl Store {
         Ok(secs * 1000 + micros / 1000)
     }
 
-    /// The entries due now, at most `limit` per shard.
-    pub async fn due(&self, limit: usize) -> Result<DueSweep, StoreError> {
-        let now = self.time().await?;
-        let mut conn = self.pool.get().await?;
-        let mut pipe = redis::pipe();
-        for shard in 0..DUE_SHARDS {
-            pipe.cmd("ZRANGEBYSCORE")
-                .arg(self.keys.due_index(shard))
-                .arg("-inf")
-                .arg(now)
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit);
-        }
-        let shards: Vec<Vec<String>> = pipe.query_async(&mut *conn).await?;
-        let mut sweep = DueSweep {
-            now,
-            ..DueSweep::default()
-        };
-        for (shard, members) in shards.into_iter().enumerate() {
-            sweep.more |= members.len() >= limit;
-            for member in members {
-                let (resource, hold, expires_at): (ResourceId, CommandId, Millis) =
-                    serde_json::from_str(&member)
-                        .map_err(|e| corrupt(&self.keys.due_index(shard), e))?;
-                sweep
-                    .by_resource
-                    .entry(resource.clone())
-                    .or_default()
-                    .push(DueEntry {
-                        resource,
-                        hold,
-                        expires_at,
-                        shard,
-                        member,
-                    });
-            }
-        }
-        Ok(sweep)
-    }
-
-    /// The `expire` events recorded for `holds` of `resource`, where there
-    /// is one: `None` for a hold that was confirmed or cancelled in time,
-    /// or never taken.
-    pub async fn expiries(
+    /// The entries of shard `shard` due at `now`, earliest first, at
+    /// most `limit`.
+    pub async fn due_in(
         &self,
-        resource: &ResourceId,
-        holds: &[&CommandId],
-    ) -> Result<Vec<Option<OutgoingEvent>>, StoreError> {
-        let keys: Vec<String> = holds
-            .iter()
-            .map(|h| self.keys.expiry(resource, h))
-            .collect();
+        shard: usize,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError> {
+        let key = self.keys.due_index(shard);
         let mut conn = self.pool.get().await?;
-        let found: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
+        let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
             .query_async(&mut *conn)
             .await?;
+        members
+            .into_iter()
+            .map(|member| {
+                let (resource, hold, expires_at): (ResourceId, CommandId, Millis) =
+                    serde_json::from_str(&member).map_err(|e| corrupt(&key, e))?;
+                Ok(DueEntry {
+                    resource,
+                    hold,
+                    expires_at,
+                    shard,
+                    member,
+                })
+            })
+            .collect()
+    }
+
+    /// The `expire` event recorded for each entry's hold, where there is
+    /// one: `None` for a hold that was confirmed or cancelled in time, or
+    /// never taken. One round trip.
+    pub async fn expiries(
+        &self,
+        entries: &[DueEntry],
+    ) -> Result<Vec<Option<OutgoingEvent>>, StoreError> {
+        let keys: Vec<String> = entries
+            .iter()
+            .map(|e| self.keys.expiry(&e.resource, &e.hold))
+            .collect();
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.get(key);
+        }
+        let mut conn = self.pool.get().await?;
+        let found: Vec<Option<String>> = pipe.query_async(&mut *conn).await?;
         keys.iter()
             .zip(found)
             .map(|(key, json)| {

@@ -2,10 +2,13 @@
 //! worker sweeps the due-time index and turns each due hold into its one
 //! `expire.accepted` event.
 //!
-//! For each resource with due entries, the sweep
-//! 1. commits an empty batch: like any batch, it expires the holds due at
-//!    Redis's time, under WATCH, so two replicas sweeping at once release a
-//!    hold once (the loser finds nothing due);
+//! The sweep goes through the index's shards one by one, each replica
+//! starting at a random one, so replicas sweeping at once mostly split the
+//! work (what one has finished, the others no longer find). For the due
+//! entries of a shard, it
+//! 1. commits an empty batch for each resource: like any batch, it expires
+//!    the holds due at Redis's time, under WATCH, so two replicas sweeping
+//!    at once release a hold once (the loser finds nothing due);
 //! 2. reads the `expire` events recorded for the entries' holds, whoever
 //!    recorded them (this sweep, another replica's, or a command batch that
 //!    found the hold due first), and publishes each, waiting for its
@@ -19,17 +22,23 @@
 use super::pipeline::{Failure, Pipeline};
 use crate::domain::{Millis, ResourceId};
 use crate::health::StoreState;
+use crate::message::OutgoingEvent;
 use crate::metrics as metric;
-use crate::store::DueEntry;
+use crate::store::{DUE_SHARDS, DueEntry};
 use crate::telemetry::chain;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
+use rand::Rng;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 /// Resources whose due holds one worker releases at once.
-const CONCURRENT_RESOURCES: usize = 16;
+const CONCURRENT_RESOURCES: usize = 64;
+
+/// Expiry events one worker has waiting for their confirm at once.
+const CONCURRENT_PUBLISHES: usize = 256;
 
 /// Sweeps until `stop` is cancelled or the session is abandoned.
 pub(super) async fn run(pipeline: Arc<Pipeline>, stop: CancellationToken) {
@@ -66,50 +75,61 @@ pub(super) async fn run(pipeline: Arc<Pipeline>, stop: CancellationToken) {
 
 /// One sweep over every shard. `true` if some shard had more due holds
 /// than one sweep takes.
-async fn sweep(pipeline: &Arc<Pipeline>) -> Result<bool, Failure> {
+async fn sweep(pipeline: &Pipeline) -> Result<bool, Failure> {
     let store = pipeline.store();
-    let batch = pipeline.settings().worker.sweep_batch;
-    let sweep = store.due(batch).await.map_err(Failure::Store)?;
-    if sweep.by_resource.is_empty() {
-        return Ok(false);
-    }
+    let limit = pipeline.settings().worker.sweep_batch;
+    let now = store.time().await.map_err(Failure::Store)?;
     let looked = Instant::now();
-    let now = sweep.now;
-    let results: Vec<Result<(), Failure>> =
-        futures_util::stream::iter(sweep.by_resource.into_iter().map(|(resource, entries)| {
-            let pipeline = pipeline.clone();
-            async move { release(&pipeline, &resource, &entries, now, looked).await }
-        }))
-        .buffer_unordered(CONCURRENT_RESOURCES)
-        .collect()
-        .await;
-    results.into_iter().collect::<Result<(), _>>()?;
-    Ok(sweep.more)
+    let start = rand::rng().random_range(0..DUE_SHARDS);
+    let mut more = false;
+    for shard in (0..DUE_SHARDS).map(|i| (start + i) % DUE_SHARDS) {
+        let entries = store
+            .due_in(shard, now, limit)
+            .await
+            .map_err(Failure::Store)?;
+        if entries.is_empty() {
+            continue;
+        }
+        more |= entries.len() >= limit;
+        release(pipeline, &entries, now, looked).await?;
+    }
+    Ok(more)
 }
 
-/// Steps 1 to 3 for one resource's due entries.
+/// Steps 1 to 3 for one shard's due entries.
 async fn release(
     pipeline: &Pipeline,
-    resource: &ResourceId,
     entries: &[DueEntry],
     now: Millis,
     looked: Instant,
 ) -> Result<(), Failure> {
-    pipeline.commit(resource, &[]).await?;
+    // Owned items: the futures are spawned, and borrowed stream items
+    // would tie them to one lifetime.
+    let resources: BTreeSet<ResourceId> = entries.iter().map(|e| e.resource.clone()).collect();
+    futures_util::stream::iter(resources)
+        .map(|resource| async move { pipeline.commit(&resource, &[]).await })
+        .buffer_unordered(CONCURRENT_RESOURCES)
+        .try_collect::<Vec<_>>()
+        .await?;
     let store = pipeline.store();
-    let holds: Vec<_> = entries.iter().map(|e| &e.hold).collect();
-    let expiries = store
-        .expiries(resource, &holds)
-        .await
-        .map_err(Failure::Store)?;
-    for (entry, expiry) in entries.iter().zip(expiries) {
-        let Some(event) = expiry else { continue };
-        pipeline.publish_event(&event).await?;
-        metrics::counter!(metric::EXPIRIES).increment(1);
-        // Redis's time when the sweep looked, plus how long it took since.
-        let published = now + looked.elapsed().as_millis() as Millis;
-        let lag = published.saturating_sub(entry.expires_at);
-        metrics::histogram!(metric::EXPIRY_LAG_SECONDS).record(lag as f64 / 1000.0);
-    }
+    let expiries = store.expiries(entries).await.map_err(Failure::Store)?;
+    let recorded: Vec<(Millis, OutgoingEvent)> = entries
+        .iter()
+        .zip(expiries)
+        .filter_map(|(entry, expiry)| Some((entry.expires_at, expiry?)))
+        .collect();
+    futures_util::stream::iter(recorded)
+        .map(|(expires_at, event)| async move {
+            pipeline.publish_event(&event).await?;
+            metrics::counter!(metric::EXPIRIES).increment(1);
+            // Redis's time when the sweep looked, plus how long it took since.
+            let published = now + looked.elapsed().as_millis() as Millis;
+            let lag = published.saturating_sub(expires_at);
+            metrics::histogram!(metric::EXPIRY_LAG_SECONDS).record(lag as f64 / 1000.0);
+            Ok::<(), Failure>(())
+        })
+        .buffer_unordered(CONCURRENT_PUBLISHES)
+        .try_collect::<Vec<()>>()
+        .await?;
     store.forget_due(entries).await.map_err(Failure::Store)
 }
