@@ -20,6 +20,8 @@ use reservation_worker::producer::Events;
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// What the rush saw.
@@ -253,24 +255,12 @@ async fn reserves(
         .len();
     let progress = Progress::new(bodies.len() as u64);
     let started = Instant::now();
-    let exchange = a.commands_exchange.clone();
-    let pub_task = {
-        let publisher = publisher.clone();
-        let bodies = bodies.clone();
-        let in_flight = o.in_flight.max(1);
-        tokio::spawn(async move {
-            let mut results = futures_util::stream::iter(bodies)
-                .map(|b| {
-                    let (publisher, exchange) = (publisher.clone(), exchange.clone());
-                    async move { publish(&publisher, &exchange, &b).await }
-                })
-                .buffer_unordered(in_flight);
-            while let Some(r) = results.next().await {
-                r?;
-            }
-            anyhow::Ok(())
-        })
-    };
+    let (send, pub_task) = publishing(publisher, a.commands_exchange.clone(), o.in_flight);
+    for body in &bodies {
+        send.send(body.clone())
+            .context("the publishing task ended")?;
+    }
+    drop(send);
 
     let mut report = Report {
         resource: resource.clone(),
@@ -334,6 +324,33 @@ async fn reserves(
     let _ = connection.close(200, "rush done".into()).await;
     report.print();
     Ok(report)
+}
+
+/// Publishes the bodies sent to it, `in_flight` at once, each with a
+/// confirm, until the sender is dropped; the task ends with the first
+/// failure.
+fn publishing(
+    publisher: Publisher,
+    exchange: String,
+    in_flight: usize,
+) -> (
+    mpsc::UnboundedSender<CommandBody>,
+    JoinHandle<anyhow::Result<()>>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<CommandBody>();
+    let task = tokio::spawn(async move {
+        let mut results = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .map(|b| {
+                let (publisher, exchange) = (publisher.clone(), exchange.clone());
+                async move { publish(&publisher, &exchange, &b).await }
+            })
+            .buffer_unordered(in_flight.max(1));
+        while let Some(r) = results.next().await {
+            r?;
+        }
+        anyhow::Ok(())
+    });
+    (tx, task)
 }
 
 async fn publish(publisher: &Publisher, exchange: &str, body: &CommandBody) -> anyhow::Result<()> {

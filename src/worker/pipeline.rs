@@ -292,7 +292,10 @@ impl Pipeline {
         let max_attempts = w.max_commit_attempts.max(1);
         let started = Instant::now();
         let (mut conflicts, mut outages) = (0, 0);
-        metrics::histogram!(metric::BATCH_SIZE).record(batch.len() as f64);
+        // A sweep's empty batch is not a batch of commands.
+        if !batch.is_empty() {
+            metrics::histogram!(metric::BATCH_SIZE).record(batch.len() as f64);
+        }
         loop {
             let delay = match decide_and_commit(&self.store, resource, batch).await {
                 Ok(Some(outcomes)) => {

@@ -10,17 +10,13 @@
 
 use super::ledger::{self, Ledger, Seen};
 use super::plan::{self, RushOptions};
-use super::{Opened, Progress, next_event, open, publish};
+use super::{Opened, Progress, next_event, open, publishing};
 use anyhow::Context as _;
-use futures_util::StreamExt;
-use reservation_worker::admin::{Publisher, Store, Summary};
+use reservation_worker::admin::{Store, Summary};
 use reservation_worker::config::Settings;
 use reservation_worker::domain::{CommandId, ResourceId};
-use reservation_worker::message::CommandBody;
 use std::collections::HashSet;
 use std::time::Instant;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// What a checkout rush saw.
@@ -49,37 +45,6 @@ impl CheckoutReport {
     pub fn is_sound(&self) -> bool {
         self.problems.is_empty()
     }
-}
-
-/// Publishes bodies sent to it, `in_flight` at once, until the sender is
-/// dropped.
-fn publishing(
-    publisher: Publisher,
-    exchange: String,
-    in_flight: usize,
-) -> (
-    mpsc::UnboundedSender<CommandBody>,
-    JoinHandle<anyhow::Result<()>>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel::<CommandBody>();
-    let task = tokio::spawn(async move {
-        let mut results = tokio_stream_of(rx)
-            .map(|b| {
-                let (publisher, exchange) = (publisher.clone(), exchange.clone());
-                async move { publish(&publisher, &exchange, &b).await }
-            })
-            .buffer_unordered(in_flight.max(1));
-        while let Some(r) = results.next().await {
-            r?;
-        }
-        anyhow::Ok(())
-    });
-    (tx, task)
-}
-
-/// A stream of what a channel receives.
-fn tokio_stream_of<T>(mut rx: mpsc::UnboundedReceiver<T>) -> impl futures_util::Stream<Item = T> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// Fires the checkout rush, waits for every hold to end, sells the seats
