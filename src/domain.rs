@@ -13,6 +13,8 @@ mod batch;
 mod command;
 mod event;
 mod ids;
+#[cfg(test)]
+mod props;
 mod resource;
 #[cfg(test)]
 mod testing;
