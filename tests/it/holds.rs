@@ -400,6 +400,7 @@ async fn rush_until_every_hold_ended(
                 .await
                 .is_ok();
         } else {
+            // Poll the events again shortly (the loop has a deadline).
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let fresh = app.received_since(seen);
