@@ -50,6 +50,22 @@ fuzz_target!(|body: &[u8]| {
             resource_id,
             reservation_id: reservation_id.clone(),
         },
+        Action::Hold {
+            customer_id,
+            quantity,
+            hold_secs,
+        } => CommandBody::Hold {
+            command_id,
+            resource_id,
+            customer_id: customer_id.clone(),
+            quantity: *quantity,
+            hold_secs: *hold_secs,
+        },
+        Action::Confirm { hold_id } => CommandBody::Confirm {
+            command_id,
+            resource_id,
+            hold_id: hold_id.clone(),
+        },
     };
     let json = canonical.to_json();
     let again = decode(&json).expect("a canonical body decodes");
