@@ -64,6 +64,22 @@ pub struct TlsPaths<'a> {
 }
 
 impl TlsPaths<'_> {
+    /// The settings that name the CA, certificate and key files.
+    pub fn keys(&self) -> [&'static str; 3] {
+        match self.section {
+            "amqp" => [
+                "amqp.tls_ca_file",
+                "amqp.tls_cert_file",
+                "amqp.tls_key_file",
+            ],
+            _ => [
+                "redis.tls_ca_file",
+                "redis.tls_cert_file",
+                "redis.tls_key_file",
+            ],
+        }
+    }
+
     /// Whether any file is named.
     pub fn any(&self) -> bool {
         self.ca.is_some() || self.cert.is_some() || self.key.is_some()
@@ -99,18 +115,7 @@ impl TlsPaths<'_> {
             })
             .transpose()
         };
-        let (ca_key, cert_key, key_key) = match self.section {
-            "amqp" => (
-                "amqp.tls_ca_file",
-                "amqp.tls_cert_file",
-                "amqp.tls_key_file",
-            ),
-            _ => (
-                "redis.tls_ca_file",
-                "redis.tls_cert_file",
-                "redis.tls_key_file",
-            ),
-        };
+        let [ca_key, cert_key, key_key] = self.keys();
         let ca = read(ca_key, self.ca)?;
         let identity = match (read(cert_key, self.cert)?, read(key_key, self.key)?) {
             (Some(cert), Some(key)) => Some((cert, key)),

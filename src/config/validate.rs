@@ -59,9 +59,9 @@ pub fn problems(s: &Settings) -> Vec<Problem> {
         a.confirm_timeout_ms,
         1..=3_600_000,
     );
-    p.tls("amqp", a.url.expose(), "amqps", a.tls());
+    p.tls(a.url.expose(), "amqps", a.tls());
     p.urls("redis.url", r.url.expose(), &["redis", "rediss"]);
-    p.tls("redis", r.url.expose(), "rediss", r.tls());
+    p.tls(r.url.expose(), "rediss", r.tls());
     if r.key_prefix.contains(['{', '}']) {
         p.fail(
             "redis.key_prefix",
@@ -136,19 +136,8 @@ impl Checks {
 
     /// TLS files only for a TLS URL, a certificate with its key, and files
     /// that exist.
-    fn tls(&mut self, section: &'static str, urls: &str, scheme: &str, paths: TlsPaths<'_>) {
-        let (ca, cert, key) = match section {
-            "amqp" => (
-                "amqp.tls_ca_file",
-                "amqp.tls_cert_file",
-                "amqp.tls_key_file",
-            ),
-            _ => (
-                "redis.tls_ca_file",
-                "redis.tls_cert_file",
-                "redis.tls_key_file",
-            ),
-        };
+    fn tls(&mut self, urls: &str, scheme: &str, paths: TlsPaths<'_>) {
+        let [ca, cert, key] = paths.keys();
         let tls = urls
             .split(',')
             .all(|u| u.trim_start().starts_with(&format!("{scheme}://")));
