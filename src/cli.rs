@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use reservation_worker::admin::{self, Store};
 use reservation_worker::config::Settings;
-use reservation_worker::domain::{CommandId, CustomerId, ResourceId};
+use reservation_worker::domain::{BudgetId, CommandId, CustomerId, ResourceId};
 use reservation_worker::message::CommandBody;
 use reservation_worker::producer::Producer;
 use reservation_worker::startup::{self, Application};
@@ -100,6 +100,30 @@ pub enum SendCommand {
         /// Remove the per-customer limit.
         #[arg(long)]
         no_limit: bool,
+        /// Price per seat in minor units (without it, an existing resource
+        /// keeps its price; a new one is free).
+        #[arg(long)]
+        price: Option<u32>,
+        /// The budget reserves and holds are paid from (without it, or
+        /// --no-budget, an existing resource keeps its budget).
+        #[arg(long, conflicts_with = "no_budget")]
+        budget: Option<String>,
+        /// Detach the resource from its budget.
+        #[arg(long)]
+        no_budget: bool,
+        /// Idempotency key (default: a new UUID).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Create a budget or change its cap: no customer may spend more than
+    /// the amount, in total, on the resources that name the budget.
+    DefineBudget {
+        /// The budget id.
+        #[arg(long)]
+        budget: String,
+        /// Most one customer may spend, in minor units.
+        #[arg(long)]
+        amount: u64,
         /// Idempotency key (default: a new UUID).
         #[arg(long)]
         id: Option<String>,
@@ -256,6 +280,9 @@ async fn send(settings: &Settings, command: SendCommand) -> anyhow::Result<()> {
             capacity,
             limit,
             no_limit,
+            price,
+            budget,
+            no_budget,
             id,
         } => CommandBody::Define {
             command_id: new_id(id)?,
@@ -266,6 +293,17 @@ async fn send(settings: &Settings, command: SendCommand) -> anyhow::Result<()> {
                 (None, true) => Some(None),
                 (None, false) => None,
             },
+            price,
+            budget_id: match (budget, no_budget) {
+                (Some(b), _) => Some(Some(BudgetId::try_from(b).context("--budget")?)),
+                (None, true) => Some(None),
+                (None, false) => None,
+            },
+        },
+        SendCommand::DefineBudget { budget, amount, id } => CommandBody::DefineBudget {
+            command_id: new_id(id)?,
+            budget_id: BudgetId::try_from(budget).context("--budget")?,
+            per_customer_amount: amount,
         },
         SendCommand::Reserve {
             resource: r,

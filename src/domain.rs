@@ -10,6 +10,7 @@
 //! commits what they return.
 
 mod batch;
+mod budget;
 mod command;
 mod event;
 mod ids;
@@ -23,10 +24,14 @@ pub use batch::{
     Applied, ChangeSet, Conflict, Decision, DueHold, Holding, MAX_STORED_CONFLICTS, Outcome, Reads,
     Record, Snapshot, Submission, decide_batch, reads,
 };
-pub use command::{Action, Command, CommandKind, LimitChange};
+pub use budget::{
+    Answer, Ask, Budget, BudgetCommand, BudgetEvent, BudgetStep, Entry, EntryKey, Funds, Ledger,
+    MAX_AMOUNT, Spending, StepKind, apply_budget, budget_conflict, decide_budget,
+};
+pub use command::{Action, BudgetChange, Command, CommandKind, LimitChange};
 pub use event::{Details, Event, Reason, Verdict};
-pub use ids::{CommandId, CustomerId, EXPIRY_PREFIX, IdError, MAX_ID_CHARS, ResourceId};
+pub use ids::{BudgetId, CommandId, CustomerId, EXPIRY_PREFIX, IdError, MAX_ID_CHARS, ResourceId};
 pub use resource::{
-    MAX_HOLD_SECS, Millis, Reservation, Resource, State, Status, apply, at, decide, expire,
-    idempotency_conflict, millis,
+    MAX_HOLD_SECS, Millis, Reservation, Resource, State, Status, apply, at, cost, decide,
+    decide_funded, expire, idempotency_conflict, millis,
 };

@@ -39,6 +39,13 @@
 //! - [`telemetry`]: structured `tracing` logs; [`shutdown`]: SIGTERM /
 //!   Ctrl-C as a cancellation token.
 //!
+//! Budgets (a customer's spending cap across resources) span two
+//! aggregates: `worker/commit.rs` sets the cost aside on the budget
+//! (`store/budget.rs`) before the resource's commit, and the pipeline
+//! settles it after, before publishing; `domain/budget.rs` holds the rules
+//! of each step and `docs/budgets.md` the protocol. `failpoint` lets the
+//! tests crash a worker between the steps.
+//!
 //! Private, under them (arrows point down):
 //! - `worker`: the consumer: sessions with reconnects, the pipeline of one
 //!   delivery, group-commit lanes, the commit loop.
@@ -64,6 +71,7 @@ pub mod startup;
 pub mod telemetry;
 
 mod broker;
+mod failpoint;
 mod health;
 mod http;
 mod store;

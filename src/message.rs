@@ -12,7 +12,8 @@
 //! JSON text; `raw.rs` reads single values from that text.
 
 use crate::domain::{
-    Action, CommandId, CommandKind, CustomerId, Event, LimitChange, Reason, ResourceId,
+    Action, BudgetChange, BudgetEvent, BudgetId, BudgetStep, CommandId, CommandKind, CustomerId,
+    Event, LimitChange, Reason, ResourceId,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -23,7 +24,7 @@ mod decode;
 mod fields;
 mod raw;
 
-pub use decode::decode;
+pub use decode::{Decoded, decode, decode_any};
 
 /// Largest body the contract accepts; a larger one is `invalid`.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -62,6 +63,19 @@ pub enum CommandBody {
         )]
         #[schemars(with = "Option<u32>", range(min = 1))]
         per_customer_limit: Option<Option<u32>>,
+        /// Price per seat in minor units (e.g. cents). Absent keeps the
+        /// current price (0 for a new resource).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        price: Option<u32>,
+        /// The budget reserves and holds are paid from. Absent keeps the
+        /// current one (none for a new resource); `null` detaches it.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "absent_or_null"
+        )]
+        #[schemars(with = "Option<BudgetId>")]
+        budget_id: Option<Option<BudgetId>>,
     },
     /// Take seats, all or nothing.
     Reserve {
@@ -109,6 +123,17 @@ pub enum CommandBody {
         /// The hold's `command_id`.
         hold_id: CommandId,
     },
+    /// Create a budget or change its cap (routing key = `budget_id`).
+    DefineBudget {
+        /// Idempotency key (unique per budget).
+        command_id: CommandId,
+        /// The budget.
+        budget_id: BudgetId,
+        /// Most one customer may spend on the resources that name the
+        /// budget, in minor units.
+        #[schemars(range(max = 9007199254740991_u64))]
+        per_customer_amount: u64,
+    },
 }
 
 impl CommandBody {
@@ -118,6 +143,8 @@ impl CommandBody {
             Action::Define {
                 capacity,
                 per_customer_limit,
+                price,
+                budget,
             } => CommandBody::Define {
                 command_id,
                 resource_id,
@@ -126,6 +153,12 @@ impl CommandBody {
                     LimitChange::Keep => None,
                     LimitChange::Remove => Some(None),
                     LimitChange::Set(n) => Some(Some(*n)),
+                },
+                price: *price,
+                budget_id: match budget {
+                    BudgetChange::Keep => None,
+                    BudgetChange::Detach => Some(None),
+                    BudgetChange::Attach(b) => Some(Some(b.clone())),
                 },
             },
             Action::Reserve {
@@ -169,18 +202,20 @@ impl CommandBody {
             | CommandBody::Reserve { command_id, .. }
             | CommandBody::Cancel { command_id, .. }
             | CommandBody::Hold { command_id, .. }
-            | CommandBody::Confirm { command_id, .. } => command_id,
+            | CommandBody::Confirm { command_id, .. }
+            | CommandBody::DefineBudget { command_id, .. } => command_id,
         }
     }
 
-    /// The resource, which is also the routing key.
-    pub fn resource_id(&self) -> &ResourceId {
+    /// The routing key: the resource, or for `define_budget` the budget.
+    pub fn routing_key(&self) -> &str {
         match self {
             CommandBody::Define { resource_id, .. }
             | CommandBody::Reserve { resource_id, .. }
             | CommandBody::Cancel { resource_id, .. }
             | CommandBody::Hold { resource_id, .. }
-            | CommandBody::Confirm { resource_id, .. } => resource_id,
+            | CommandBody::Confirm { resource_id, .. } => resource_id.as_str(),
+            CommandBody::DefineBudget { budget_id, .. } => budget_id.as_str(),
         }
     }
 
@@ -219,6 +254,10 @@ pub struct OutgoingEvent {
     pub reason: Option<Reason>,
     /// The aggregate version after the command.
     pub version: u64,
+    /// What publishing it must first do to a budget (see
+    /// [`Event::budget_step`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<BudgetStep>,
     /// The JSON body.
     #[serde(with = "body_as_raw_json")]
     pub body: Vec<u8>,
@@ -231,14 +270,11 @@ impl OutgoingEvent {
         let command = event.command;
         let reason = event.verdict.reason();
         let version = event.version;
+        let step = event.budget_step();
         let envelope = EventEnvelope {
             event_id,
             event,
-            // Milliseconds, the precision of the one clock: an expiry's
-            // `occurred_at` is never before its hold's `expires_at`.
-            occurred_at: occurred_at
-                .replace_nanosecond(occurred_at.nanosecond() / 1_000_000 * 1_000_000)
-                .unwrap_or(occurred_at),
+            occurred_at: to_millis(occurred_at),
         };
         OutgoingEvent {
             event_id,
@@ -246,6 +282,25 @@ impl OutgoingEvent {
             command,
             reason,
             version,
+            step,
+            body: serde_json::to_vec(&envelope).expect("plain struct"),
+        }
+    }
+
+    /// Wraps a freshly decided `define_budget` outcome in a new envelope.
+    pub fn of_budget(event: BudgetEvent, event_id: Uuid, occurred_at: OffsetDateTime) -> Self {
+        let envelope = BudgetEnvelope {
+            event_id,
+            event,
+            occurred_at: to_millis(occurred_at),
+        };
+        OutgoingEvent {
+            event_id,
+            command_id: envelope.event.command_id.clone(),
+            command: CommandKind::DefineBudget,
+            reason: envelope.event.verdict.reason(),
+            version: envelope.event.version,
+            step: None,
             body: serde_json::to_vec(&envelope).expect("plain struct"),
         }
     }
@@ -260,6 +315,7 @@ impl OutgoingEvent {
             command: envelope.event.command,
             reason: envelope.event.verdict.reason(),
             version: envelope.event.version,
+            step: envelope.event.budget_step(),
             body,
         })
     }
@@ -277,6 +333,27 @@ impl OutgoingEvent {
     pub fn routing_key(&self) -> String {
         format!("{}.{}", self.command.as_str(), self.outcome())
     }
+}
+
+/// A `define_budget` event as published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct BudgetEnvelope {
+    /// Unique per outcome; every redelivery of a command re-publishes it.
+    pub event_id: Uuid,
+    /// The outcome itself.
+    #[serde(flatten)]
+    pub event: BudgetEvent,
+    /// When the outcome was decided (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub occurred_at: OffsetDateTime,
+}
+
+/// Milliseconds, the precision of the one clock: an expiry's `occurred_at`
+/// is never before its hold's `expires_at`.
+fn to_millis(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(t)
 }
 
 mod absent_or_null {

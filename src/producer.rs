@@ -48,8 +48,7 @@ impl Producer {
     /// waits for the broker's confirm. Safe to retry with the same body: the
     /// workers deduplicate by `command_id`.
     pub async fn send(&self, body: &CommandBody) -> Result<(), PublishError> {
-        self.publish_raw(body.resource_id().as_str(), &body.to_json())
-            .await
+        self.publish_raw(body.routing_key(), &body.to_json()).await
     }
 
     /// Publishes any bytes as a command body, for tools and tests that need

@@ -6,10 +6,22 @@
 //! event consumers in other languages. A unit test fails when they are stale;
 //! `UPDATE_SCHEMAS=1 cargo test --lib schema` rewrites them.
 
-use crate::message::{CommandBody, EventEnvelope};
+use crate::message::{BudgetEnvelope, CommandBody, EventEnvelope};
 use serde_json::Value;
 
-/// The schema of a valid command body (`define`, `reserve` or `cancel`).
+/// Either kind of event body: a resource's, or a budget's (`define_budget`).
+#[derive(schemars::JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum AnyEvent {
+    /// The outcome of a command against a resource, or of a hold's expiry.
+    Resource(EventEnvelope),
+    /// The outcome of a `define_budget`.
+    Budget(BudgetEnvelope),
+}
+
+/// The schema of a valid command body (`define`, `reserve`, `cancel`,
+/// `hold`, `confirm` or `define_budget`).
 ///
 /// The worker also answers bodies that break it, as the contract says: those
 /// with readable `command_id` and `resource_id` are rejected as `invalid`, the
@@ -17,17 +29,18 @@ use serde_json::Value;
 pub fn command_schema() -> Value {
     titled(
         schemars::schema_for!(CommandBody).to_value(),
-        "reservation-worker command (v1)",
+        "reservation-worker command (v2)",
         "A command body published to the commands exchange, routing key = \
-         resource_id. Bodies are at most 64 KiB; unknown fields are ignored.",
+         resource_id (budget_id for define_budget). Bodies are at most 64 KiB; \
+         unknown fields are ignored.",
     )
 }
 
 /// The schema of an outcome event body, as the worker publishes it.
 pub fn event_schema() -> Value {
     titled(
-        schemars::schema_for!(EventEnvelope).to_value(),
-        "reservation-worker event (v1)",
+        schemars::schema_for!(AnyEvent).to_value(),
+        "reservation-worker event (v2)",
         "The one outcome event of a command, published to the events exchange \
          with routing key <command>.<outcome>.",
     )

@@ -31,6 +31,7 @@
 //! `state` fences the holdings and reservations too; WATCHing the idempotency
 //! records fences two workers racing on the same command.
 
+mod budget;
 mod due;
 mod error;
 mod keys;

@@ -187,6 +187,8 @@ async fn open(
         resource_id: resource_id.clone(),
         capacity: o.capacity,
         per_customer_limit: Some(limit),
+        price: None,
+        budget_id: None,
     };
     publish(&publisher, a.commands_exchange.as_str(), &define).await?;
     let deadline = Instant::now() + Duration::from_secs(o.timeout_secs);
@@ -358,7 +360,7 @@ async fn publish(publisher: &Publisher, exchange: &str, body: &CommandBody) -> a
     publisher
         .publish(Message {
             exchange,
-            routing_key: body.resource_id().as_str(),
+            routing_key: body.routing_key(),
             body: &json,
             ..Default::default()
         })

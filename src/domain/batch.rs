@@ -10,11 +10,13 @@
 //! Event ids and timestamps come from the `seal` function the caller
 //! passes in, so a decision is a pure function of its inputs.
 
+use super::budget::{Answer, Ask, Funds};
 use super::command::{Action, Command, CommandKind};
 use super::event::Event;
-use super::ids::{CommandId, CustomerId, ResourceId};
+use super::ids::{BudgetId, CommandId, CustomerId, ResourceId};
 use super::resource::{
-    Millis, Reservation, Resource, State, Status, apply, decide, expire, idempotency_conflict,
+    Millis, Reservation, Resource, State, Status, apply, cost, decide_funded, expire,
+    idempotency_conflict,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -74,6 +76,9 @@ pub struct Snapshot<E> {
     pub now: Millis,
     /// Every live hold of the resource that has run out at `now`.
     pub due: Vec<DueHold>,
+    /// What budgets answered for the batch's takes, by command: empty on
+    /// the first try, and for resources without a budget.
+    pub funds: HashMap<CommandId, Funds>,
 }
 
 /// A live hold as the resource's due-time index keeps it.
@@ -87,6 +92,10 @@ pub struct DueHold {
     pub quantity: u32,
     /// When it runs out.
     pub expires_at: Millis,
+    /// What it cost, if it had a price or a budget.
+    pub amount: Option<u64>,
+    /// The budget that paid.
+    pub budget_id: Option<BudgetId>,
 }
 
 impl DueHold {
@@ -97,6 +106,8 @@ impl DueHold {
             quantity: self.quantity,
             status: Status::Held,
             expires_at: Some(self.expires_at),
+            amount: self.amount,
+            budget_id: self.budget_id.clone(),
         }
     }
 }
@@ -221,6 +232,11 @@ pub struct Decision<E> {
     pub outcomes: Vec<Outcome<E>>,
     /// What to commit.
     pub changes: ChangeSet<E>,
+    /// Takes whose cost no budget has answered for (in the snapshot's
+    /// `funds`): the decision assumed the money was set aside. When there
+    /// are any, nothing may be committed: set them aside, add the answers
+    /// to the snapshot and decide again.
+    pub asks: Vec<(BudgetId, Ask)>,
 }
 
 /// Decides `batch` in order against `snapshot`, each command seeing the
@@ -238,7 +254,9 @@ pub fn decide_batch<E: Clone>(
         mut records,
         now,
         due,
+        funds,
     } = snapshot;
+    let mut asks = Vec::new();
     let loaded: HashSet<CustomerId> = state.holdings.keys().cloned().collect();
     let mut accepted: Vec<Event> = Vec::new();
     let mut expiries: Vec<(CommandId, E)> = Vec::new();
@@ -278,7 +296,27 @@ pub fn decide_batch<E: Clone>(
                 }
             },
             None => {
-                let event = decide(&state, &s.command, now);
+                let paid =
+                    cost(&state, &s.command).map(|(budget_id, amount)| match funds.get(id) {
+                        Some(f) if f.budget_id == budget_id && f.amount == amount => f.clone(),
+                        _ => {
+                            if let Some(customer_id) = s.command.customer() {
+                                let ask = Ask {
+                                    customer_id: customer_id.clone(),
+                                    resource_id: resource_id.clone(),
+                                    command_id: id.clone(),
+                                    amount,
+                                };
+                                asks.push((budget_id.clone(), ask));
+                            }
+                            Funds {
+                                budget_id,
+                                amount,
+                                answer: Answer::SetAside,
+                            }
+                        }
+                    });
+                let event = decide_funded(&state, &s.command, now, paid.as_ref());
                 let sealed = seal(event.clone());
                 if event.is_accepted() {
                     let hash = s.body_hash.clone();
@@ -325,7 +363,11 @@ pub fn decide_batch<E: Clone>(
         holds_added,
         holds_removed,
     };
-    Decision { outcomes, changes }
+    Decision {
+        outcomes,
+        changes,
+        asks,
+    }
 }
 
 /// What the accepted events add to and remove from the due-time index.
@@ -355,6 +397,8 @@ fn due_index(accepted: &[Event], state: &State) -> (Vec<DueHold>, Vec<DueHold>) 
             customer_id: r.customer_id.clone(),
             quantity: r.quantity,
             expires_at,
+            amount: r.amount,
+            budget_id: r.budget_id.clone(),
         };
         if event.command == CommandKind::Hold {
             added.push(hold);
@@ -418,7 +462,7 @@ fn reservations(accepted: &[Event], state: &State) -> Vec<(CommandId, Reservatio
             CommandKind::Reserve | CommandKind::Hold => Some(&event.command_id),
             CommandKind::Cancel => event.details.reservation_id.as_ref(),
             CommandKind::Confirm | CommandKind::Expire => event.details.hold_id.as_ref(),
-            CommandKind::Define | CommandKind::Unknown => None,
+            CommandKind::Define | CommandKind::DefineBudget | CommandKind::Unknown => None,
         })
         .filter(|id| seen.insert(*id))
         .filter_map(|id| Some((id.clone(), state.reservations.get(id)?.clone())))

@@ -1,7 +1,7 @@
 //! Commands against one resource, as the domain sees them: already parsed
 //! and validated from the wire.
 
-use super::ids::{CommandId, CustomerId, ResourceId};
+use super::ids::{BudgetId, CommandId, CustomerId, ResourceId};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,11 @@ pub enum Action {
         capacity: u32,
         /// What becomes of the per-customer limit.
         per_customer_limit: LimitChange,
+        /// The price per seat from now on, in minor units; `None` keeps it
+        /// (0 for a new resource).
+        price: Option<u32>,
+        /// What becomes of the budget the resource's takes are paid from.
+        budget: BudgetChange,
     },
     /// Take `quantity` seats for a customer, all or nothing.
     Reserve {
@@ -76,6 +81,30 @@ pub enum LimitChange {
     Set(u32),
 }
 
+/// What a `define` does to the resource's budget (contract v2: an absent
+/// `budget_id` keeps it, `null` detaches it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BudgetChange {
+    /// Keep the current budget (none for a new resource).
+    #[default]
+    Keep,
+    /// No budget from now on.
+    Detach,
+    /// Takes are paid from this budget from now on.
+    Attach(BudgetId),
+}
+
+impl BudgetChange {
+    /// The budget after the change, given the current one.
+    pub fn applied_to(&self, current: Option<&BudgetId>) -> Option<BudgetId> {
+        match self {
+            BudgetChange::Keep => current.cloned(),
+            BudgetChange::Detach => None,
+            BudgetChange::Attach(b) => Some(b.clone()),
+        }
+    }
+}
+
 impl LimitChange {
     /// The limit in force after the change, given the current one.
     pub fn applied_to(self, current: Option<u32>) -> Option<u32> {
@@ -91,6 +120,18 @@ impl From<Option<u32>> for LimitChange {
     /// A limit, or `None` for no limit (the change is never "keep").
     fn from(limit: Option<u32>) -> Self {
         limit.map_or(LimitChange::Remove, LimitChange::Set)
+    }
+}
+
+impl Command {
+    /// The customer a reserve or hold takes seats for.
+    pub fn customer(&self) -> Option<&CustomerId> {
+        match &self.action {
+            Action::Reserve { customer_id, .. } | Action::Hold { customer_id, .. } => {
+                Some(customer_id)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -124,19 +165,22 @@ pub enum CommandKind {
     Confirm,
     /// A hold's expiry: not a command, the outcome of time passing.
     Expire,
+    /// `define_budget`
+    DefineBudget,
     /// A `type` that is missing or not one of the above.
     Unknown,
 }
 
 impl CommandKind {
     /// Every kind, for metrics and docs.
-    pub const ALL: [CommandKind; 7] = [
+    pub const ALL: [CommandKind; 8] = [
         CommandKind::Define,
         CommandKind::Reserve,
         CommandKind::Cancel,
         CommandKind::Hold,
         CommandKind::Confirm,
         CommandKind::Expire,
+        CommandKind::DefineBudget,
         CommandKind::Unknown,
     ];
 
@@ -149,6 +193,7 @@ impl CommandKind {
             CommandKind::Hold => "hold",
             CommandKind::Confirm => "confirm",
             CommandKind::Expire => "expire",
+            CommandKind::DefineBudget => "define_budget",
             CommandKind::Unknown => "unknown",
         }
     }

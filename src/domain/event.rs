@@ -1,7 +1,8 @@
 //! Outcome events: what became of one command.
 
+use super::budget::{BudgetStep, StepKind};
 use super::command::CommandKind;
-use super::ids::{CommandId, CustomerId, ResourceId};
+use super::ids::{BudgetId, CommandId, CustomerId, ResourceId};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -32,11 +33,15 @@ pub enum Reason {
     HoldExpired,
     /// The hold was confirmed before.
     AlreadyConfirmed,
+    /// The customer would spend more than the budget's cap.
+    BudgetExceeded,
+    /// The resource names a budget that was never defined.
+    UnknownBudget,
 }
 
 impl Reason {
     /// Every reason, for metrics and docs.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 13] = [
         Reason::UnknownResource,
         Reason::SoldOut,
         Reason::CustomerLimit,
@@ -48,6 +53,8 @@ impl Reason {
         Reason::UnknownHold,
         Reason::HoldExpired,
         Reason::AlreadyConfirmed,
+        Reason::BudgetExceeded,
+        Reason::UnknownBudget,
     ];
 
     /// The wire name, as in the event's `reason` field.
@@ -64,6 +71,8 @@ impl Reason {
             Reason::UnknownHold => "unknown_hold",
             Reason::HoldExpired => "hold_expired",
             Reason::AlreadyConfirmed => "already_confirmed",
+            Reason::BudgetExceeded => "budget_exceeded",
+            Reason::UnknownBudget => "unknown_budget",
         }
     }
 }
@@ -140,6 +149,17 @@ pub struct Details {
     /// define
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_customer_limit: Option<u32>,
+    /// define: the price per seat after it, when not 0
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<u32>,
+    /// define: the budget after it; reserve, hold: the budget asked;
+    /// cancel, expire: the budget given back to
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_id: Option<BudgetId>,
+    /// reserve, hold: what the seats cost (accepted, or refused with
+    /// `budget_exceeded`); cancel, expire: what was given back
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<u64>,
 }
 
 /// The single outcome event of one command.
@@ -179,5 +199,36 @@ impl Event {
     /// The routing key: `<command>.<outcome>`.
     pub fn routing_key(&self) -> String {
         format!("{}.{}", self.command.as_str(), self.verdict.outcome())
+    }
+
+    /// What this outcome does to its budget, if it touched one: an
+    /// accepted take keeps its amount, a refused one gets back what was set
+    /// aside for it, a cancel or expiry releases the reservation's amount.
+    pub fn budget_step(&self) -> Option<BudgetStep> {
+        let d = &self.details;
+        let budget_id = d.budget_id.clone()?;
+        let (reservation_id, kind) = match (self.command, &self.verdict) {
+            (CommandKind::Reserve | CommandKind::Hold, Verdict::Accepted) => (
+                self.command_id.clone(),
+                StepKind::Keep {
+                    amount: d.amount.unwrap_or(0),
+                },
+            ),
+            (CommandKind::Reserve | CommandKind::Hold, Verdict::Rejected { .. }) => {
+                (self.command_id.clone(), StepKind::Refund)
+            }
+            (CommandKind::Cancel, Verdict::Accepted) => {
+                (d.reservation_id.clone()?, StepKind::Release)
+            }
+            (CommandKind::Expire, Verdict::Accepted) => (d.hold_id.clone()?, StepKind::Release),
+            _ => return None,
+        };
+        Some(BudgetStep {
+            budget_id,
+            customer_id: d.customer_id.clone()?,
+            resource_id: self.resource_id.clone(),
+            reservation_id,
+            kind,
+        })
     }
 }

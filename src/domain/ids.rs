@@ -130,6 +130,12 @@ id_type!(
     CustomerId,
     validate
 );
+id_type!(
+    /// A budget: a cap on what one customer spends across the resources
+    /// that name it (contract v2).
+    BudgetId,
+    validate
+);
 
 impl CommandId {
     /// The id of `hold`'s expiry: `expire:<hold id>`.

@@ -36,6 +36,8 @@ fn step(i: usize) -> impl Strategy<Value = Step> {
         1 => (0u32..12, prop::option::of(1u32..5)).prop_map(|(capacity, limit)| Action::Define {
             capacity,
             per_customer_limit: limit.into(),
+            price: None,
+            budget: Default::default(),
         }),
         4 => (0u8..4, 1u32..4).prop_map(|(c, quantity)| Action::Reserve {
             customer_id: customer(c),
@@ -148,6 +150,7 @@ proptest! {
             records: HashMap::new(),
             now: T0,
             due: Vec::new(),
+            funds: HashMap::new(),
         };
         let decision = decide_batch(snapshot, &batch, |e| e);
         let decided: Vec<Event> = decision.outcomes.iter().map(|o| o.event().clone()).collect();

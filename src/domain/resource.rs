@@ -5,9 +5,10 @@
 //! Unix epoch by one clock (Redis's), so a hold runs out at the same moment
 //! for every replica, whatever their own clocks say.
 
+use super::budget::{Answer, Funds};
 use super::command::{Action, Command, CommandKind};
 use super::event::{Details, Event, Reason, Verdict};
-use super::ids::{CommandId, CustomerId};
+use super::ids::{BudgetId, CommandId, CustomerId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use time::OffsetDateTime;
@@ -38,8 +39,18 @@ pub struct Resource {
     /// Most seats one customer may hold.
     #[serde(default)]
     pub per_customer_limit: Option<u32>,
+    /// Price per seat, in minor units.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub price: u32,
+    /// The budget takes are paid from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_id: Option<BudgetId>,
     /// Bumped by every accepted command and expiry.
     pub version: u64,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Resource {
@@ -80,6 +91,12 @@ pub struct Reservation {
     /// When a hold runs out; `None` for a reserve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Millis>,
+    /// What the seats cost, when the resource has a price or a budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<u64>,
+    /// The budget that amount was paid from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_id: Option<BudgetId>,
 }
 
 impl Reservation {
@@ -144,34 +161,71 @@ impl State {
     }
 }
 
+/// What a take (reserve or hold) costs on its resource, and the budget
+/// that pays: `None` for other commands, unknown resources and resources
+/// without a budget. The amount is at the price in force in `state`.
+pub fn cost(state: &State, command: &Command) -> Option<(BudgetId, u64)> {
+    let quantity = match &command.action {
+        Action::Reserve { quantity, .. } | Action::Hold { quantity, .. } => *quantity,
+        _ => return None,
+    };
+    let r = state.resource.as_ref()?;
+    let budget = r.budget_id.clone()?;
+    Some((budget, u64::from(quantity) * u64::from(r.price)))
+}
+
 /// Decides the outcome of `command` against `state` at `now`. Pure and
-/// total: every command gets exactly one event.
+/// total: every command gets exactly one event. A take on a resource with
+/// a budget is decided as if the budget were unknown: see [`decide_funded`].
 pub fn decide(state: &State, command: &Command, now: Millis) -> Event {
-    let (details, decision) = match &command.action {
+    decide_funded(state, command, now, None)
+}
+
+/// Decides like [`decide`], with what the budget answered when asked to set
+/// the take's cost aside. Funds for another budget or amount than the
+/// take's [`cost`] count as no answer, and no answer as an unknown budget:
+/// a take is never accepted on money that was not set aside for it.
+pub fn decide_funded(
+    state: &State,
+    command: &Command,
+    now: Millis,
+    funds: Option<&Funds>,
+) -> Event {
+    let answer = match (cost(state, command), funds) {
+        (Some((budget, amount)), Some(f)) if f.budget_id == budget && f.amount == amount => {
+            Some(f.answer)
+        }
+        (Some(_), _) => Some(Answer::Unknown),
+        (None, _) => None,
+    };
+    let (mut details, decision) = match &command.action {
         Action::Define {
             capacity,
             per_customer_limit,
-        } => (
-            Details {
-                capacity: Some(*capacity),
-                // The limit in force after the define: folding the event
-                // needs no other input.
-                per_customer_limit: per_customer_limit
-                    .applied_to(state.resource.as_ref().and_then(|r| r.per_customer_limit)),
-                ..Details::default()
-            },
-            decide_define(state, *capacity),
-        ),
+            price,
+            budget,
+        } => {
+            let current = state.resource.as_ref();
+            (
+                Details {
+                    capacity: Some(*capacity),
+                    // What is in force after the define: folding the event
+                    // needs no other input.
+                    per_customer_limit: per_customer_limit
+                        .applied_to(current.and_then(|r| r.per_customer_limit)),
+                    price: price.or(current.map(|r| r.price)).filter(|p| *p > 0),
+                    budget_id: budget.applied_to(current.and_then(|r| r.budget_id.as_ref())),
+                    ..Details::default()
+                },
+                decide_define(state, *capacity),
+            )
+        }
         Action::Reserve {
             customer_id,
             quantity,
         } => (
-            Details {
-                customer_id: Some(customer_id.clone()),
-                quantity: Some(*quantity),
-                ..Details::default()
-            },
-            decide_take(state, customer_id, *quantity),
+            take_details(state, customer_id, *quantity),
+            decide_take(state, customer_id, *quantity, answer),
         ),
         Action::Hold {
             customer_id,
@@ -179,12 +233,10 @@ pub fn decide(state: &State, command: &Command, now: Millis) -> Event {
             hold_secs,
         } => (
             Details {
-                customer_id: Some(customer_id.clone()),
-                quantity: Some(*quantity),
                 expires_at: Some(at(now + u64::from(*hold_secs) * 1000)),
-                ..Details::default()
+                ..take_details(state, customer_id, *quantity)
             },
-            decide_take(state, customer_id, *quantity),
+            decide_take(state, customer_id, *quantity, answer),
         ),
         Action::Confirm { hold_id } => {
             let hold = state.reservations.get(hold_id).filter(|r| r.is_hold());
@@ -201,20 +253,35 @@ pub fn decide(state: &State, command: &Command, now: Millis) -> Event {
         }
         Action::Cancel { reservation_id } => {
             let reservation = state.reservations.get(reservation_id);
+            let decision = decide_cancel(state, reservation_id, now);
+            // What is given back, only when something is.
+            let refund = reservation.filter(|_| decision.is_ok());
             (
                 Details {
                     reservation_id: Some(reservation_id.clone()),
                     customer_id: reservation.map(|r| r.customer_id.clone()),
                     quantity: reservation.map(|r| r.quantity),
+                    amount: refund.and_then(|r| r.amount),
+                    budget_id: refund.and_then(|r| r.budget_id.clone()),
                     ..Details::default()
                 },
-                decide_cancel(state, reservation_id, now),
+                decision,
             )
         }
         Action::Invalid { detail, .. } => {
             (Details::default(), Err((Reason::Invalid, detail.clone())))
         }
     };
+    if matches!(command.action, Action::Reserve { .. } | Action::Hold { .. }) {
+        // The cost is told when it was paid or is why the take was refused.
+        let paid_or_refused = match &decision {
+            Ok(()) => true,
+            Err((reason, _)) => *reason == Reason::BudgetExceeded,
+        };
+        if !paid_or_refused {
+            details.amount = None;
+        }
+    }
     let verdict = match decision {
         Ok(()) => Verdict::Accepted,
         Err((reason, detail)) => Verdict::Rejected { reason, detail },
@@ -252,6 +319,8 @@ pub fn expire(
             customer_id: Some(hold.customer_id.clone()),
             quantity: Some(hold.quantity),
             expires_at: hold.expires_at.map(at),
+            amount: hold.amount,
+            budget_id: hold.budget_id.clone(),
             ..Details::default()
         },
         remaining: state.remaining(),
@@ -288,8 +357,26 @@ const EMPTY: Resource = Resource {
     reserved: 0,
     held: 0,
     per_customer_limit: None,
+    price: 0,
+    budget_id: None,
     version: 0,
 };
+
+/// A take's details: who, how many, and on a resource with a price or a
+/// budget, the cost and the budget asked.
+fn take_details(state: &State, customer: &CustomerId, quantity: u32) -> Details {
+    let r = state.resource.as_ref();
+    let priced = r.is_some_and(|r| r.price > 0 || r.budget_id.is_some());
+    Details {
+        customer_id: Some(customer.clone()),
+        quantity: Some(quantity),
+        amount: priced
+            .then(|| r.map(|r| u64::from(quantity) * u64::from(r.price)))
+            .flatten(),
+        budget_id: r.and_then(|r| r.budget_id.clone()),
+        ..Details::default()
+    }
+}
 
 /// The rejection of a command whose `command_id` was decided before with
 /// another body. It reports the current state and changes nothing.
@@ -325,11 +412,26 @@ fn decide_define(state: &State, capacity: u32) -> Decision {
     }
 }
 
-/// A reserve or a hold: the same rules.
-fn decide_take(state: &State, customer: &CustomerId, quantity: u32) -> Decision {
+/// A reserve or a hold: the same rules, in the contract's order of
+/// reasons. `answer` is the budget's, for a resource with one.
+fn decide_take(
+    state: &State,
+    customer: &CustomerId,
+    quantity: u32,
+    answer: Option<Answer>,
+) -> Decision {
     let Some(r) = &state.resource else {
         return Err(unknown_resource());
     };
+    if answer == Some(Answer::Unknown) {
+        return Err((
+            Reason::UnknownBudget,
+            format!(
+                "budget {} has not been defined",
+                r.budget_id.as_ref().map_or("", |b| b.as_str())
+            ),
+        ));
+    }
     if quantity > r.remaining() {
         return Err((
             Reason::SoldOut,
@@ -343,6 +445,16 @@ fn decide_take(state: &State, customer: &CustomerId, quantity: u32) -> Decision 
         return Err((
             Reason::CustomerLimit,
             format!("customer holds {held} of at most {limit} seats and asked for {quantity}"),
+        ));
+    }
+    if answer == Some(Answer::Exceeds) {
+        return Err((
+            Reason::BudgetExceeded,
+            format!(
+                "{} would take the customer over budget {}",
+                u64::from(quantity) * u64::from(r.price),
+                r.budget_id.as_ref().map_or("", |b| b.as_str())
+            ),
         ));
     }
     Ok(())
@@ -424,6 +536,8 @@ pub fn apply(mut state: State, event: &Event) -> State {
                         quantity,
                         status,
                         expires_at,
+                        amount: d.amount,
+                        budget_id: d.budget_id.clone(),
                     },
                 );
             }
@@ -451,7 +565,7 @@ pub fn apply(mut state: State, event: &Event) -> State {
                 *held = held.saturating_sub(reservation.quantity);
             }
         }
-        CommandKind::Define | CommandKind::Unknown => {}
+        CommandKind::Define | CommandKind::DefineBudget | CommandKind::Unknown => {}
     }
     state
 }
@@ -471,6 +585,8 @@ fn apply_scalars(resource: Option<Resource>, event: &Event, state: &State) -> Re
         CommandKind::Define => {
             r.capacity = d.capacity.unwrap_or(r.capacity);
             r.per_customer_limit = d.per_customer_limit;
+            r.price = d.price.unwrap_or(0);
+            r.budget_id = d.budget_id.clone();
         }
         CommandKind::Reserve => r.reserved += quantity,
         CommandKind::Hold => r.held += quantity,
@@ -492,7 +608,7 @@ fn apply_scalars(resource: Option<Resource>, event: &Event, state: &State) -> Re
                 _ => {}
             }
         }
-        CommandKind::Unknown => {}
+        CommandKind::DefineBudget | CommandKind::Unknown => {}
     }
     r.version += 1;
     r

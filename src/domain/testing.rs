@@ -25,6 +25,8 @@ pub fn define(id: &str, capacity: u32, limit: impl Into<LimitChange>) -> Command
         Action::Define {
             capacity,
             per_customer_limit: limit.into(),
+            price: None,
+            budget: Default::default(),
         },
     )
 }

@@ -9,8 +9,8 @@ use super::fields::{Fields, Key, Malformed};
 use super::raw::{self, Text};
 use super::{CommandBody, MAX_BODY_BYTES, Unreadable, sha256_hex};
 use crate::domain::{
-    Action, Command, CommandId, CommandKind, EXPIRY_PREFIX, IdError, LimitChange, MAX_HOLD_SECS,
-    MAX_ID_CHARS, ResourceId, Submission,
+    Action, BudgetChange, BudgetCommand, BudgetId, Command, CommandId, CommandKind, EXPIRY_PREFIX,
+    IdError, LimitChange, MAX_AMOUNT, MAX_HOLD_SECS, MAX_ID_CHARS, ResourceId, Submission,
 };
 use std::borrow::Cow;
 
@@ -19,27 +19,86 @@ mod props;
 #[cfg(test)]
 mod tests;
 
+/// A decoded body: a command against a resource, or a `define_budget`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// Routed by `resource_id`.
+    Resource(Submission),
+    /// Routed by `budget_id`, with the hash of its body.
+    Budget(BudgetCommand, String),
+}
+
+/// Decodes one delivery body: a `define_budget` (tied to its command by
+/// `command_id` and `budget_id`) or any other command.
+pub fn decode_any(body: &[u8]) -> Result<Decoded, Unreadable> {
+    let fields = Fields::read(body)?;
+    if kind(&fields) == CommandKind::DefineBudget {
+        decode_budget(body, &fields).map(|(c, hash)| Decoded::Budget(c, hash))
+    } else {
+        decode_fields(body, &fields).map(Decoded::Resource)
+    }
+}
+
 /// Decodes one delivery body into a command (possibly [`Action::Invalid`])
 /// and the hash that identifies its body for idempotency.
 pub fn decode(body: &[u8]) -> Result<Submission, Unreadable> {
-    // Known before the walk: of an oversized body only the ids and `type`
-    // are parsed, whatever else it holds.
-    let oversized = body.len() > MAX_BODY_BYTES;
-    let fields = Fields::read(body)?;
-    let command_id: CommandId = tie_id(&fields, Key::CommandId).map_err(Unreadable)?;
-    let resource_id: ResourceId = tie_id(&fields, Key::ResourceId).map_err(Unreadable)?;
-    let kind = kind(&fields);
-    let action = if oversized {
-        Err(format!(
+    decode_fields(body, &Fields::read(body)?)
+}
+
+/// Why a body with readable ids is invalid before its fields are looked
+/// at: its size, or a reserved `command_id`.
+fn refused(body: &[u8], command_id: &CommandId) -> Option<String> {
+    if body.len() > MAX_BODY_BYTES {
+        Some(format!(
             "body is {} bytes; at most {MAX_BODY_BYTES} are allowed",
             body.len()
         ))
     } else if command_id.as_str().starts_with(EXPIRY_PREFIX) {
-        Err(format!(
+        Some(format!(
             "command_id may not start with {EXPIRY_PREFIX:?}: such ids name the expiries of holds"
         ))
     } else {
-        parse_action(kind, &fields)
+        None
+    }
+}
+
+fn decode_budget(body: &[u8], fields: &Fields) -> Result<(BudgetCommand, String), Unreadable> {
+    let command_id: CommandId = tie_id(fields, Key::CommandId).map_err(Unreadable)?;
+    let budget_id: BudgetId = tie_id(fields, Key::BudgetId).map_err(Unreadable)?;
+    let action = match refused(body, &command_id) {
+        Some(why) => Err(why),
+        None => match fields.first_duplicate() {
+            Some(key) => Err(format!("duplicate key {}", key.name())),
+            None => amount(fields, Key::PerCustomerAmount)
+                .and_then(|a| a.ok_or_else(|| "per_customer_amount is required".to_string())),
+        },
+    };
+    let hash = match &action {
+        Ok(per_customer_amount) => {
+            let canonical = CommandBody::DefineBudget {
+                command_id: command_id.clone(),
+                budget_id: budget_id.clone(),
+                per_customer_amount: *per_customer_amount,
+            };
+            sha256_hex(&canonical.to_json())
+        }
+        Err(_) => sha256_hex(body),
+    };
+    let command = BudgetCommand {
+        command_id,
+        budget_id,
+        action,
+    };
+    Ok((command, hash))
+}
+
+fn decode_fields(body: &[u8], fields: &Fields) -> Result<Submission, Unreadable> {
+    let command_id: CommandId = tie_id(fields, Key::CommandId).map_err(Unreadable)?;
+    let resource_id: ResourceId = tie_id(fields, Key::ResourceId).map_err(Unreadable)?;
+    let kind = kind(fields);
+    let action = match refused(body, &command_id) {
+        Some(why) => Err(why),
+        None => parse_action(kind, fields),
     };
     let (action, body_hash) = match action {
         Ok(action) => {
@@ -82,7 +141,9 @@ fn kind(f: &Fields) -> CommandKind {
     if f.is_duplicated(Key::Type) {
         return CommandKind::Unknown;
     }
-    let Some(Text::Chars(name)) = f.get(Key::Type).map(|raw| raw::text(raw, "confirm".len()))
+    let Some(Text::Chars(name)) = f
+        .get(Key::Type)
+        .map(|raw| raw::text(raw, "define_budget".len()))
     else {
         return CommandKind::Unknown;
     };
@@ -92,12 +153,13 @@ fn kind(f: &Fields) -> CommandKind {
         "cancel" => CommandKind::Cancel,
         "hold" => CommandKind::Hold,
         "confirm" => CommandKind::Confirm,
+        "define_budget" => CommandKind::DefineBudget,
         _ => CommandKind::Unknown,
     }
 }
 
 /// The command types of the contract.
-const TYPES: &str = "define, reserve, cancel, hold, confirm";
+const TYPES: &str = "define, reserve, cancel, hold, confirm, define_budget";
 
 fn parse_action(kind: CommandKind, f: &Fields) -> Result<Action, String> {
     if let Some(key) = f.first_duplicate() {
@@ -110,6 +172,12 @@ fn parse_action(kind: CommandKind, f: &Fields) -> Result<Action, String> {
                 None => LimitChange::Keep,
                 Some("null") => LimitChange::Remove,
                 Some(_) => LimitChange::Set(count(f, Key::PerCustomerLimit, 1)?.expect("present")),
+            },
+            price: count(f, Key::Price, 0)?,
+            budget: match f.get(Key::BudgetId).map(|raw| raw.get()) {
+                None => BudgetChange::Keep,
+                Some("null") => BudgetChange::Detach,
+                Some(_) => BudgetChange::Attach(required_id(f, Key::BudgetId)?),
             },
         }),
         CommandKind::Reserve => Ok(Action::Reserve {
@@ -129,10 +197,13 @@ fn parse_action(kind: CommandKind, f: &Fields) -> Result<Action, String> {
             hold_id: required_id(f, Key::HoldId)?,
         }),
         // An expiry is not a command: its name is as unknown as any other.
-        CommandKind::Unknown | CommandKind::Expire => Err(match f.get(Key::Type) {
-            None => format!("type is required: one of {TYPES}"),
-            Some(t) => format!("type {} is not one of {TYPES}", raw::short(t)),
-        }),
+        // A define_budget never gets here (it names no resource).
+        CommandKind::Unknown | CommandKind::Expire | CommandKind::DefineBudget => {
+            Err(match f.get(Key::Type) {
+                None => format!("type is required: one of {TYPES}"),
+                Some(t) => format!("type {} is not one of {TYPES}", raw::short(t)),
+            })
+        }
     }
 }
 
@@ -155,6 +226,27 @@ where
         }
     };
     id.map_err(|e| format!("{name} {e}"))
+}
+
+/// An optional amount of money: an integer in `0..=MAX_AMOUNT`.
+fn amount(f: &Fields, key: Key) -> Result<Option<u64>, String> {
+    let raw = match f.get(key) {
+        None => return Ok(None),
+        Some(raw) if raw.get() == "null" => return Ok(None),
+        Some(raw) => raw,
+    };
+    Some(raw.get())
+        .filter(|json| json.starts_with(|c: char| c == '-' || c.is_ascii_digit()))
+        .and_then(|json| serde_json::from_str::<u64>(json).ok())
+        .filter(|n| *n <= MAX_AMOUNT)
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "{} must be an integer from 0 to {MAX_AMOUNT}, got {}",
+                key.name(),
+                raw::short(raw)
+            )
+        })
 }
 
 /// An optional integer field in `min..=u32::MAX`.

@@ -48,10 +48,13 @@ pub(super) enum Key {
     ReservationId,
     HoldSecs,
     HoldId,
+    Price,
+    BudgetId,
+    PerCustomerAmount,
 }
 
 impl Key {
-    const ALL: [Key; 10] = [
+    const ALL: [Key; 13] = [
         Key::Type,
         Key::CommandId,
         Key::ResourceId,
@@ -62,10 +65,13 @@ impl Key {
         Key::ReservationId,
         Key::HoldSecs,
         Key::HoldId,
+        Key::Price,
+        Key::BudgetId,
+        Key::PerCustomerAmount,
     ];
 
     /// The longest name, in characters.
-    const LONGEST: usize = "per_customer_limit".len();
+    const LONGEST: usize = "per_customer_amount".len();
 
     /// The field's name on the wire.
     pub(super) fn name(self) -> &'static str {
@@ -80,6 +86,9 @@ impl Key {
             Key::ReservationId => "reservation_id",
             Key::HoldSecs => "hold_secs",
             Key::HoldId => "hold_id",
+            Key::Price => "price",
+            Key::BudgetId => "budget_id",
+            Key::PerCustomerAmount => "per_customer_amount",
         }
     }
 

@@ -9,7 +9,7 @@
 //! setup marker's tag, `%setup`, is one no encoding produces (a `%` is
 //! always followed by two hex digits).
 
-use crate::domain::{CommandId, DueHold, ResourceId};
+use crate::domain::{BudgetId, CommandId, CustomerId, DueHold, ResourceId};
 use std::borrow::Cow;
 
 /// Shards of the due-time index: the holds of a rush spread over them, and
@@ -120,11 +120,118 @@ impl Keys {
     pub fn record(&self, r: &ResourceId, c: &CommandId) -> String {
         self.key(r, &format!("cmd:{c}"))
     }
+
+    /// A key of budget `b`: under the hash tag `%budget:<encoded id>`,
+    /// which no resource's tag can be (a resource's `%` is always followed
+    /// by two hex digits).
+    fn budget_key(&self, b: &BudgetId, suffix: &str) -> String {
+        format!("{}{{%budget:{}}}:{suffix}", self.prefix, encode(b.as_str()))
+    }
+
+    /// A budget's cap and version (string, JSON).
+    pub fn budget(&self, b: &BudgetId) -> String {
+        self.budget_key(b, "state")
+    }
+
+    /// A budget's `define_budget` events (stream).
+    pub fn budget_history(&self, b: &BudgetId) -> String {
+        self.budget_key(b, "history")
+    }
+
+    /// A `define_budget` command's idempotency record.
+    pub fn budget_record(&self, b: &BudgetId, c: &CommandId) -> String {
+        self.budget_key(b, &format!("cmd:{c}"))
+    }
+
+    /// One customer's spending on a budget (hash: `spent` -> the total
+    /// counted against the cap, `e:[resource, command]` -> that take's
+    /// entry).
+    pub fn spending(&self, b: &BudgetId, customer: &CustomerId) -> String {
+        self.budget_key(b, &format!("spend:{customer}"))
+    }
+
+    /// The pattern of every budget's state key, for SCAN.
+    pub fn budgets_pattern(&self) -> String {
+        format!("{}{{%budget:*}}:state", glob_escape(&self.prefix))
+    }
+
+    /// The pattern of every spending key of budget `b`, for SCAN.
+    pub fn spending_pattern(&self, b: &BudgetId) -> String {
+        glob_escape(&self.budget_key(b, "spend:")) + "*"
+    }
+
+    /// The pattern of every resource's state key, for SCAN (budget and
+    /// index keys do not match: their tags start with `%` and a letter).
+    pub fn states_pattern(&self) -> String {
+        format!("{}{{*}}:state", glob_escape(&self.prefix))
+    }
+
+    /// The resource a state key belongs to, when it is one.
+    pub fn resource_of_state(&self, key: &str) -> Option<ResourceId> {
+        let tag = key
+            .strip_prefix(&self.prefix)?
+            .strip_prefix('{')?
+            .strip_suffix("}:state")?;
+        if tag.starts_with("%budget:") || tag.starts_with("%setup") || tag.starts_with("%due-") {
+            return None;
+        }
+        ResourceId::try_from(decode(tag)?).ok()
+    }
+
+    /// The budget a budget state key belongs to.
+    pub fn budget_of_state(&self, key: &str) -> Option<BudgetId> {
+        let tag = key
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("{%budget:")?
+            .strip_suffix("}:state")?;
+        BudgetId::try_from(decode(tag)?).ok()
+    }
+
+    /// The customer a spending key of budget `b` belongs to.
+    pub fn customer_of_spending(&self, b: &BudgetId, key: &str) -> Option<CustomerId> {
+        let customer = key.strip_prefix(&self.budget_key(b, "spend:"))?;
+        CustomerId::try_from(customer).ok()
+    }
+}
+
+/// `s` with the characters SCAN's MATCH treats specially escaped.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The inverse of [`encode`]; `None` if `tag` is not an encoding.
+fn decode(tag: &str) -> Option<String> {
+    let mut out = String::with_capacity(tag.len());
+    let mut rest = tag;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let c = match rest.get(i..i + 3)? {
+            "%25" => '%',
+            "%7B" => '{',
+            "%7D" => '}',
+            _ => return None,
+        };
+        out.push(c);
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 /// A resource's hash tag: its id with `%`, `{` and `}` percent-encoded.
 pub fn tag(r: &ResourceId) -> Cow<'_, str> {
-    let id = r.as_str();
+    encode(r.as_str())
+}
+
+/// An id with `%`, `{` and `}` percent-encoded.
+fn encode(id: &str) -> Cow<'_, str> {
     if !id.contains(['%', '{', '}']) {
         return Cow::Borrowed(id);
     }

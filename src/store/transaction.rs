@@ -140,6 +140,7 @@ impl<'a> Transaction<'a> {
                 ..State::default()
             },
             records: HashMap::new(),
+            funds: HashMap::new(),
         };
         let mut expired: Vec<(&CommandId, Applied)> = Vec::new();
         if !reads.commands.is_empty() {
@@ -404,14 +405,21 @@ impl<'a> Transaction<'a> {
 }
 
 /// A hold as its resource's due-time index keeps it (the score is
-/// `expires_at`).
+/// `expires_at`). A hold with a cost keeps it too, for its expiry's
+/// refund.
 pub fn hold_member(hold: &DueHold) -> String {
-    serde_json::json!({
+    let mut member = serde_json::json!({
         "id": hold.id,
         "customer_id": hold.customer_id,
         "quantity": hold.quantity,
-    })
-    .to_string()
+    });
+    if let Some(amount) = hold.amount {
+        member["amount"] = amount.into();
+    }
+    if let Some(budget) = &hold.budget_id {
+        member["budget_id"] = budget.as_str().into();
+    }
+    member.to_string()
 }
 
 /// A hold from its due-time index entry.
@@ -421,6 +429,10 @@ fn hold_from_member(member: &str, expires_at: Millis) -> Result<DueHold, serde_j
         id: CommandId,
         customer_id: crate::domain::CustomerId,
         quantity: u32,
+        #[serde(default)]
+        amount: Option<u64>,
+        #[serde(default)]
+        budget_id: Option<crate::domain::BudgetId>,
     }
     let m: Member = serde_json::from_str(member)?;
     Ok(DueHold {
@@ -428,6 +440,8 @@ fn hold_from_member(member: &str, expires_at: Millis) -> Result<DueHold, serde_j
         customer_id: m.customer_id,
         quantity: m.quantity,
         expires_at,
+        amount: m.amount,
+        budget_id: m.budget_id,
     })
 }
 

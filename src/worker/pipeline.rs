@@ -13,13 +13,14 @@ use super::lanes::Lanes;
 use super::retry::{backoff, full_jitter};
 use crate::broker::{Delivery, Message, PublishError, Publisher};
 use crate::config::Settings;
-use crate::domain::{Outcome, ResourceId, Submission};
+use crate::domain::{BudgetCommand, BudgetId, BudgetStep, Outcome, ResourceId, Submission};
 use crate::health::{Health, StoreState};
-use crate::message::{self, OutgoingEvent, Unreadable};
+use crate::message::{self, Decoded, OutgoingEvent, Unreadable};
 use crate::metrics as metric;
 use crate::store::{Store, StoreError};
 use crate::telemetry::chain;
 use futures_util::future::join_all;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -183,8 +184,17 @@ impl Pipeline {
     /// decided (in its lane, with its batch), it goes on in [`Self::finish`].
     pub(super) fn process(self: &Arc<Self>, mut delivery: Delivery) {
         let span = Span::current();
-        match message::decode(delivery.body()) {
-            Ok(submission) => {
+        match message::decode_any(delivery.body()) {
+            Ok(Decoded::Budget(command, hash)) => {
+                span.record("command_id", command.command_id.as_str());
+                span.record("resource_id", command.budget_id.as_str());
+                let this = self.clone();
+                self.tracker.spawn(async move {
+                    let decided = this.define_budget(&command, &hash).await;
+                    this.finish(Pending { delivery, span }, decided).await
+                });
+            }
+            Ok(Decoded::Resource(submission)) => {
                 // An oversized body is `invalid` whatever it holds, and
                 // decoding it kept only its ids and hash: let it go now, so
                 // a burst of huge bodies costs each one's memory only while
@@ -280,32 +290,82 @@ impl Pipeline {
         }
     }
 
-    /// Commits a batch of one resource's commands, retrying lost WATCH races
-    /// with jittered backoff and waiting out Redis outages in place: an
-    /// outage is no reason to burn the messages' delivery attempts.
+    /// Commits a batch of one resource's commands (retrying lost races and
+    /// waiting out outages), then settles what the outcomes owe budgets.
     pub(super) async fn commit(
         &self,
         resource: &ResourceId,
         batch: &[Submission],
     ) -> Result<Vec<Outcome<OutgoingEvent>>, Failure> {
-        let w = &self.settings.worker;
-        let max_attempts = w.max_commit_attempts.max(1);
         let started = Instant::now();
-        let (mut conflicts, mut outages) = (0, 0);
         // A sweep's empty batch is not a batch of commands.
         if !batch.is_empty() {
             metrics::histogram!(metric::BATCH_SIZE).record(batch.len() as f64);
         }
+        let outcomes = self
+            .retrying(|| decide_and_commit(&self.store, resource, batch))
+            .await?;
+        metrics::counter!(metric::COMMITS).increment(1);
+        metrics::histogram!(metric::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        // Step 3 of a budgeted take, cancel or expiry: the budget agrees
+        // with the outcome before anyone hears of it.
+        self.settle_budgets(outcomes.iter().map(|o| o.event()))
+            .await?;
+        Ok(outcomes)
+    }
+
+    /// Makes each event's budget agree with it (see
+    /// [`crate::domain::BudgetStep`]); idempotent, so a redelivery that
+    /// replays an outcome settles again harmlessly.
+    pub(super) async fn settle_budgets<'e>(
+        &self,
+        events: impl Iterator<Item = &'e OutgoingEvent>,
+    ) -> Result<(), Failure> {
+        let mut by_budget: BTreeMap<&BudgetId, Vec<BudgetStep>> = BTreeMap::new();
+        for step in events.filter_map(|e| e.step.as_ref()) {
+            by_budget
+                .entry(&step.budget_id)
+                .or_default()
+                .push(step.clone());
+        }
+        for (budget, steps) in by_budget {
+            self.retrying(|| async {
+                let settled = self.store.settle(budget, &steps).await?;
+                Ok(settled.then_some(()))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Decides a `define_budget` (no batching: budgets change rarely).
+    async fn define_budget(
+        &self,
+        command: &BudgetCommand,
+        body_hash: &str,
+    ) -> Result<Outcome<OutgoingEvent>, Failure> {
+        self.retrying(|| self.store.define_budget(command, body_hash))
+            .await
+    }
+
+    /// Runs one optimistic transaction until it commits, retrying lost
+    /// WATCH races (`Ok(None)`) with jittered backoff and waiting out Redis
+    /// outages in place: an outage is no reason to burn the messages'
+    /// delivery attempts.
+    async fn retrying<T, F>(&self, mut attempt: impl FnMut() -> F) -> Result<T, Failure>
+    where
+        F: Future<Output = Result<Option<T>, StoreError>>,
+    {
+        let w = &self.settings.worker;
+        let max_attempts = w.max_commit_attempts.max(1);
+        let (mut conflicts, mut outages) = (0, 0);
         loop {
-            let delay = match decide_and_commit(&self.store, resource, batch).await {
-                Ok(Some(outcomes)) => {
-                    metrics::counter!(metric::COMMITS).increment(1);
-                    metrics::histogram!(metric::COMMIT_SECONDS)
-                        .record(started.elapsed().as_secs_f64());
+            let delay = match attempt().await {
+                Ok(Some(done)) => {
                     if self.health.set_store(StoreState::Ok) {
                         info!("redis works again; deciding");
                     }
-                    return Ok(outcomes);
+                    return Ok(done);
                 }
                 Ok(None) => {
                     metrics::counter!(metric::WATCH_CONFLICTS).increment(1);

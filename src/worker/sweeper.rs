@@ -15,6 +15,9 @@
 //!    confirm; a hold confirmed or cancelled in time has none;
 //! 3. only then takes the entries out of the index.
 //!
+//! Between 2's read and its publishing, the expiries of holds paid from a
+//! budget give their money back (`Pipeline::settle_budgets`).
+//!
 //! A worker that dies between the steps leaves the entries in the index, and
 //! the next sweep (its own or another replica's) does the steps again: the
 //! expiry is recorded once and its event re-published identically.
@@ -118,6 +121,11 @@ async fn release(
         .zip(expiries)
         .filter_map(|(entry, expiry)| Some((entry.expires_at, expiry?)))
         .collect();
+    // A hold paid from a budget gives the money back before its expiry is
+    // told (again, harmlessly, when an earlier sweep died after it).
+    pipeline
+        .settle_budgets(recorded.iter().map(|(_, e)| e))
+        .await?;
     futures_util::stream::iter(recorded)
         .map(|(expires_at, event)| async move {
             pipeline.publish_event(&event).await?;

@@ -200,6 +200,8 @@ async fn define_keeps_the_limit_when_absent_and_removes_it_when_null() {
         resource_id: rid("club"),
         capacity: 10,
         per_customer_limit: limit,
+        price: None,
+        budget_id: None,
     };
     for (body, expected) in [
         (limit("d1", Some(Some(4))), Some(4)),

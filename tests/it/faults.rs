@@ -67,7 +67,7 @@ const LATENCY: Duration = Duration::from_millis(20);
 
 fn key_of(body: &CommandBody) -> Key {
     (
-        body.resource_id().to_string(),
+        body.routing_key().to_string(),
         body.command_id().to_string(),
     )
 }

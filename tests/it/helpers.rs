@@ -477,6 +477,8 @@ pub fn define(id: &str, resource: &str, capacity: u32, limit: Option<u32>) -> Co
         resource_id: rid(resource),
         capacity,
         per_customer_limit: Some(limit),
+        price: None,
+        budget_id: None,
     }
 }
 

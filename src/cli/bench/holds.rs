@@ -144,6 +144,8 @@ async fn figures(rig: &Rig, exe: &std::path::Path, o: &HoldsOptions) -> anyhow::
                 resource_id: resource(i),
                 capacity: u32::MAX,
                 per_customer_limit: None,
+                price: None,
+                budget_id: None,
             };
             (resource(i), vec![submission(&body)])
         })

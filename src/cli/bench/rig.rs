@@ -102,6 +102,8 @@ pub(super) fn traffic(
             resource_id: r.clone(),
             capacity,
             per_customer_limit: None,
+            price: None,
+            budget_id: None,
         })
         .collect();
     let distinct = n - ((n as f64) * duplicates.clamp(0.0, 0.9)) as usize;
@@ -201,7 +203,7 @@ impl Rig {
             self.publisher.clone(),
             self.settings.amqp.commands_exchange.clone(),
         );
-        let (routing_key, json) = (body.resource_id().to_string(), body.to_json());
+        let (routing_key, json) = (body.routing_key().to_string(), body.to_json());
         async move {
             publisher
                 .publish(Message {

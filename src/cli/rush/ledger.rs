@@ -104,7 +104,7 @@ impl Ledger {
                     life.cancelled = true;
                 }
             }
-            CommandKind::Define | CommandKind::Unknown => {}
+            CommandKind::Define | CommandKind::DefineBudget | CommandKind::Unknown => {}
         }
         Seen::New
     }

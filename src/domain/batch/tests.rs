@@ -37,6 +37,8 @@ fn snapshot_at(history: &[Command], batch: &[Submission], now: Millis) -> Snapsh
                 customer_id: r.customer_id.clone(),
                 quantity: r.quantity,
                 expires_at: r.expires_at.unwrap(),
+                amount: r.amount,
+                budget_id: r.budget_id.clone(),
                 id,
             }
         })
@@ -60,6 +62,7 @@ fn snapshot_at(history: &[Command], batch: &[Submission], now: Millis) -> Snapsh
         records: HashMap::new(),
         now,
         due,
+        funds: HashMap::new(),
     }
 }
 
@@ -271,6 +274,8 @@ fn a_hold_goes_into_the_due_time_index() {
             customer_id: customer("a"),
             quantity: 2,
             expires_at: T0 + TEN_S,
+            amount: None,
+            budget_id: None,
         }]
     );
     assert!(d.changes.holds_removed.is_empty());

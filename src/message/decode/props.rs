@@ -56,6 +56,8 @@ fn command() -> impl Strategy<Value = CommandBody> {
             resource_id: ResourceId::try_from(r).unwrap(),
             capacity,
             per_customer_limit: limit,
+            price: None,
+            budget_id: None,
         });
     let reserve =
         (ids(), id(), 1..=u32::MAX).prop_map(|((c, r), customer, quantity)| CommandBody::Reserve {

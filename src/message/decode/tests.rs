@@ -28,7 +28,9 @@ fn decodes_the_three_contract_examples() {
         d.command.action,
         Action::Define {
             capacity: 1000,
-            per_customer_limit: LimitChange::Set(4)
+            per_customer_limit: LimitChange::Set(4),
+            price: None,
+            budget: Default::default(),
         }
     );
     let d = decoded(
@@ -216,15 +218,15 @@ fn field_errors_keep_their_exact_wording() {
         ),
         (
             r#"{"command_id":"c","resource_id":"r"}"#.into(),
-            "type is required: one of define, reserve, cancel, hold, confirm",
+            "type is required: one of define, reserve, cancel, hold, confirm, define_budget",
         ),
         (
             r#"{"type":"fly","command_id":"c","resource_id":"r"}"#.into(),
-            r#"type "fly" is not one of define, reserve, cancel, hold, confirm"#,
+            r#"type "fly" is not one of define, reserve, cancel, hold, confirm, define_budget"#,
         ),
         (
             r#"{"type":null,"command_id":"c","resource_id":"r"}"#.into(),
-            "type null is not one of define, reserve, cancel, hold, confirm",
+            "type null is not one of define, reserve, cancel, hold, confirm, define_budget",
         ),
         (
             reserve(r#","customer_id":"u\nv","quantity":1"#),
@@ -264,7 +266,7 @@ fn field_errors_keep_their_exact_wording() {
         ),
         (
             r#"{"type":"expire","command_id":"c","resource_id":"r"}"#.into(),
-            "type \"expire\" is not one of define, reserve, cancel, hold, confirm",
+            "type \"expire\" is not one of define, reserve, cancel, hold, confirm, define_budget",
         ),
     ] {
         assert_eq!(invalid_detail(body.as_bytes()), detail, "{body}");

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use reservation_worker::domain::{Action, LimitChange};
+use reservation_worker::domain::{Action, BudgetChange, LimitChange};
 use reservation_worker::message::{CommandBody, decode};
 use sha2::{Digest, Sha256};
 
@@ -26,6 +26,8 @@ fuzz_target!(|body: &[u8]| {
         Action::Define {
             capacity,
             per_customer_limit,
+            price,
+            budget,
         } => CommandBody::Define {
             command_id,
             resource_id,
@@ -34,6 +36,12 @@ fuzz_target!(|body: &[u8]| {
                 LimitChange::Keep => None,
                 LimitChange::Remove => Some(None),
                 LimitChange::Set(n) => Some(Some(*n)),
+            },
+            price: *price,
+            budget_id: match budget {
+                BudgetChange::Keep => None,
+                BudgetChange::Detach => Some(None),
+                BudgetChange::Attach(b) => Some(Some(b.clone())),
             },
         },
         Action::Reserve {

@@ -1,0 +1,415 @@
+//! Budgets in Redis: each under a hash tag of its own, so a budget's
+//! transaction never spans slots, and never a resource's.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P{%budget:B}:state` | string (JSON) | cap per customer, version |
+//! | `P{%budget:B}:history` | stream | every `define_budget` outcome |
+//! | `P{%budget:B}:cmd:C` | string (JSON), with TTL | `define_budget` `C`'s record |
+//! | `P{%budget:B}:spend:U` | hash | `spent`: customer `U`'s total; `e:[R,C]`: the entry of take `C` on resource `R` |
+//!
+//! Every step is a WATCH/MULTI transaction on the keys it reads (the
+//! setup marker, the cap, the customers' spending), so two workers
+//! spending one customer's money at once cannot both pass the cap.
+
+use super::error::corrupt;
+use super::{Store, StoreError};
+use crate::domain::{
+    Answer, Ask, Budget, BudgetCommand, BudgetEvent, BudgetId, BudgetStep, CustomerId, Entry,
+    EntryKey, Ledger, Outcome, Record, Spending, apply_budget, budget_conflict, decide_budget,
+};
+use crate::message::OutgoingEvent;
+use redis::Value;
+use std::collections::{BTreeMap, HashMap};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The field of a spending hash that holds the customer's total.
+const SPENT: &str = "spent";
+
+/// The field of a spending hash that holds one entry.
+fn entry_field(key: &EntryKey) -> String {
+    format!("e:{}", serde_json::json!([key.0, key.1]))
+}
+
+/// The entry key a spending hash field names, if it names one.
+fn entry_key(field: &str) -> Option<EntryKey> {
+    serde_json::from_str(field.strip_prefix("e:")?).ok()
+}
+
+impl Store {
+    /// Step 1 for asks on one budget: sets their amounts aside if each
+    /// customer stays within the cap. `None` if another writer changed the
+    /// customers' spending first (nothing was written: ask again).
+    pub async fn set_aside(
+        &self,
+        budget: &BudgetId,
+        asks: &[Ask],
+    ) -> Result<Option<Vec<Answer>>, StoreError> {
+        let mut wanted: BTreeMap<&CustomerId, Vec<EntryKey>> = BTreeMap::new();
+        for ask in asks {
+            let key = (ask.resource_id.clone(), ask.command_id.clone());
+            wanted.entry(&ask.customer_id).or_default().push(key);
+        }
+        let mut conn = self.pool.get().await?;
+        let result = async {
+            let before = self.load_ledger(&mut conn, budget, &wanted).await?;
+            let mut ledger = before.clone();
+            let answers = ledger.set_aside(asks);
+            let written = self
+                .write_ledger(&mut conn, budget, &before, &ledger)
+                .await?;
+            Ok(written.then_some(answers))
+        }
+        .await;
+        discard_on_error(conn, result)
+    }
+
+    /// Step 3 for steps on one budget. `false` if another writer changed
+    /// the customers' spending first (nothing was written: settle again).
+    pub async fn settle(
+        &self,
+        budget: &BudgetId,
+        steps: &[BudgetStep],
+    ) -> Result<bool, StoreError> {
+        let mut wanted: BTreeMap<&CustomerId, Vec<EntryKey>> = BTreeMap::new();
+        for step in steps {
+            let key = (step.resource_id.clone(), step.reservation_id.clone());
+            wanted.entry(&step.customer_id).or_default().push(key);
+        }
+        let mut conn = self.pool.get().await?;
+        let result = async {
+            let before = self.load_ledger(&mut conn, budget, &wanted).await?;
+            let mut ledger = before.clone();
+            ledger.settle(steps);
+            self.write_ledger(&mut conn, budget, &before, &ledger).await
+        }
+        .await;
+        discard_on_error(conn, result)
+    }
+
+    /// WATCHes the marker, the cap and the customers' spending, and reads
+    /// them with the entries named.
+    async fn load_ledger(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        budget: &BudgetId,
+        wanted: &BTreeMap<&CustomerId, Vec<EntryKey>>,
+    ) -> Result<Ledger, StoreError> {
+        let keys = &self.keys;
+        let marker = keys.marker_of_any();
+        let state_key = keys.budget(budget);
+        let spend_keys: Vec<String> = wanted.keys().map(|c| keys.spending(budget, c)).collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("WATCH")
+            .arg(&marker)
+            .arg(&state_key)
+            .arg(&spend_keys)
+            .ignore();
+        pipe.exists(&marker);
+        pipe.get(&state_key);
+        for ((_, entries), key) in wanted.iter().zip(&spend_keys) {
+            let mut fields = vec![SPENT.to_string()];
+            fields.extend(entries.iter().map(entry_field));
+            pipe.cmd("HMGET").arg(key).arg(fields);
+        }
+        let replies: Vec<Value> = pipe.query_async(&mut **conn).await?;
+        let mut replies = replies.into_iter();
+        let mut next = || replies.next().unwrap_or(Value::Nil);
+        let initialised: bool = parse(next(), &marker)?;
+        if !initialised {
+            return Err(StoreError::Uninitialised { key: marker });
+        }
+        let state: Option<String> = parse(next(), &state_key)?;
+        let mut ledger = Ledger {
+            budget: state
+                .map(|json| {
+                    serde_json::from_str::<Budget>(&json).map_err(|e| corrupt(&state_key, e))
+                })
+                .transpose()?,
+            customers: HashMap::new(),
+        };
+        for ((customer, entries), key) in wanted.iter().zip(&spend_keys) {
+            let values: Vec<Option<String>> = parse(next(), key)?;
+            let mut values = values.into_iter();
+            let spent = values
+                .next()
+                .flatten()
+                .map(|v| v.parse::<u64>().map_err(|e| corrupt(key, e)))
+                .transpose()?
+                .unwrap_or(0);
+            let mut spending = Spending {
+                spent,
+                entries: HashMap::new(),
+            };
+            for (entry_key, json) in entries.iter().zip(values) {
+                if let Some(json) = json {
+                    let entry: Entry = serde_json::from_str(&json).map_err(|e| corrupt(key, e))?;
+                    spending.entries.insert(entry_key.clone(), entry);
+                }
+            }
+            ledger.customers.insert((*customer).clone(), spending);
+        }
+        Ok(ledger)
+    }
+
+    /// Writes what changed between `before` and `after` in one MULTI/EXEC
+    /// (or UNWATCHes when nothing did). `false` if a watched key changed.
+    async fn write_ledger(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        budget: &BudgetId,
+        before: &Ledger,
+        after: &Ledger,
+    ) -> Result<bool, StoreError> {
+        let mut tx = redis::pipe();
+        tx.atomic();
+        let mut any = false;
+        for (customer, spending) in &after.customers {
+            let old = before.customers.get(customer);
+            let key = self.keys.spending(budget, customer);
+            if old.map(|o| o.spent) != Some(spending.spent) {
+                tx.hset(&key, SPENT, spending.spent).ignore();
+                any = true;
+            }
+            for (entry_key, entry) in &spending.entries {
+                let was = old.and_then(|o| o.entries.get(entry_key));
+                if was == Some(entry) || (was.is_none() && entry.is_empty()) {
+                    continue;
+                }
+                any = true;
+                if entry.is_empty() {
+                    tx.hdel(&key, entry_field(entry_key)).ignore();
+                } else {
+                    let json = serde_json::to_string(entry).expect("plain struct");
+                    tx.hset(&key, entry_field(entry_key), json).ignore();
+                }
+            }
+        }
+        if !any {
+            redis::cmd("UNWATCH").exec_async(&mut **conn).await?;
+            return Ok(true);
+        }
+        let committed: Option<()> = tx.query_async(&mut **conn).await?;
+        Ok(committed.is_some())
+    }
+
+    /// Decides and commits a `define_budget`, with its idempotency record
+    /// and history entry. `None` if another writer got there first.
+    pub async fn define_budget(
+        &self,
+        command: &BudgetCommand,
+        body_hash: &str,
+    ) -> Result<Option<Outcome<OutgoingEvent>>, StoreError> {
+        let keys = &self.keys;
+        let budget = &command.budget_id;
+        let marker = keys.marker_of_any();
+        let (state_key, record_key) = (
+            keys.budget(budget),
+            keys.budget_record(budget, &command.command_id),
+        );
+        let mut conn = self.pool.get().await?;
+        let result = self
+            .define_budget_on(
+                &mut conn,
+                command,
+                body_hash,
+                &marker,
+                &state_key,
+                &record_key,
+            )
+            .await;
+        discard_on_error(conn, result)
+    }
+
+    async fn define_budget_on(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        command: &BudgetCommand,
+        body_hash: &str,
+        marker: &str,
+        state_key: &str,
+        record_key: &str,
+    ) -> Result<Option<Outcome<OutgoingEvent>>, StoreError> {
+        let keys = &self.keys;
+        let budget = &command.budget_id;
+        let mut pipe = redis::pipe();
+        pipe.cmd("WATCH")
+            .arg(marker)
+            .arg(state_key)
+            .arg(record_key)
+            .ignore();
+        pipe.exists(marker).get(state_key).get(record_key);
+        pipe.cmd("TIME");
+        let (initialised, state, record, (secs, micros)): (
+            bool,
+            Option<String>,
+            Option<String>,
+            (i64, i64),
+        ) = pipe.query_async(&mut **conn).await?;
+        if !initialised {
+            return Err(StoreError::Uninitialised {
+                key: marker.to_string(),
+            });
+        }
+        let current: Option<Budget> = state
+            .map(|json| serde_json::from_str(&json).map_err(|e| corrupt(state_key, e)))
+            .transpose()?;
+        let mut record: Option<Record<OutgoingEvent>> = record
+            .map(|json| serde_json::from_str(&json).map_err(|e| corrupt(record_key, e)))
+            .transpose()?;
+        let now = OffsetDateTime::from_unix_timestamp(secs).map_err(|e| corrupt("TIME", e))?
+            + time::Duration::microseconds(micros);
+        let seal = |event: BudgetEvent| OutgoingEvent::of_budget(event, Uuid::new_v4(), now);
+        let mut tx = redis::pipe();
+        tx.atomic();
+        let outcome = match record.as_mut() {
+            Some(r) if r.hash == body_hash => {
+                redis::cmd("UNWATCH").exec_async(&mut **conn).await?;
+                return Ok(Some(Outcome::Replayed(r.event.clone())));
+            }
+            Some(r) => match r.conflicts.iter().find(|c| c.hash == body_hash) {
+                Some(c) => {
+                    redis::cmd("UNWATCH").exec_async(&mut **conn).await?;
+                    return Ok(Some(Outcome::Conflict(c.event.clone())));
+                }
+                None => {
+                    let event = seal(budget_conflict(current.as_ref(), command));
+                    if r.conflicts.len() < crate::domain::MAX_STORED_CONFLICTS {
+                        r.conflicts.push(crate::domain::Conflict {
+                            hash: body_hash.to_string(),
+                            event: event.clone(),
+                        });
+                        let json = serde_json::to_string(&r).expect("plain struct");
+                        tx.cmd("SET")
+                            .arg(record_key)
+                            .arg(json)
+                            .arg("KEEPTTL")
+                            .ignore();
+                    }
+                    Outcome::Conflict(event)
+                }
+            },
+            None => {
+                let decided = decide_budget(current.as_ref(), command);
+                let after = apply_budget(current.clone(), &decided);
+                let event = seal(decided);
+                if after != current
+                    && let Some(b) = &after
+                {
+                    tx.set(state_key, serde_json::to_string(b).expect("plain struct"))
+                        .ignore();
+                }
+                let entry = match event.reason {
+                    None => format!("{}-0", event.version),
+                    Some(_) => format!("{}-*", event.version),
+                };
+                tx.cmd("XADD")
+                    .arg(keys.budget_history(budget))
+                    .arg(entry)
+                    .arg("event")
+                    .arg(&event.body)
+                    .ignore();
+                let record = Record {
+                    hash: body_hash.to_string(),
+                    event: event.clone(),
+                    conflicts: Vec::new(),
+                };
+                let json = serde_json::to_string(&record).expect("plain struct");
+                // An accepted define_budget is found again in the history
+                // by its version, like a resource's commands; its record
+                // may expire.
+                tx.set_ex(record_key, json, self.retention_secs).ignore();
+                Outcome::Decided(event)
+            }
+        };
+        let committed: Option<()> = tx.query_async(&mut **conn).await?;
+        Ok(committed.map(|()| outcome))
+    }
+
+    // The read side, for `verify` and the tests.
+
+    /// A budget, if it was ever defined.
+    pub async fn budget(&self, budget: &BudgetId) -> Result<Option<Budget>, StoreError> {
+        let key = self.keys.budget(budget);
+        let mut conn = self.pool.get().await?;
+        let json: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut *conn).await?;
+        json.map(|j| serde_json::from_str(&j).map_err(|e| corrupt(&key, e)))
+            .transpose()
+    }
+
+    /// Every customer's spending on a budget, with every entry (SCAN, in
+    /// pages).
+    pub async fn spendings(
+        &self,
+        budget: &BudgetId,
+    ) -> Result<BTreeMap<CustomerId, Spending>, StoreError> {
+        let keys = self.scan(&self.keys.spending_pattern(budget)).await?;
+        let mut conn = self.pool.get().await?;
+        let mut out = BTreeMap::new();
+        for key in keys {
+            let Some(customer) = self.keys.customer_of_spending(budget, &key) else {
+                continue;
+            };
+            let fields: HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut *conn)
+                .await?;
+            let mut spending = Spending::default();
+            for (field, value) in fields {
+                if field == SPENT {
+                    spending.spent = value.parse().map_err(|e| corrupt(&key, e))?;
+                } else if let Some(entry_key) = entry_key(&field) {
+                    let entry = serde_json::from_str(&value).map_err(|e| corrupt(&key, e))?;
+                    spending.entries.insert(entry_key, entry);
+                } else {
+                    return Err(corrupt(&key, format!("unknown field {field:?}")));
+                }
+            }
+            out.insert(customer, spending);
+        }
+        Ok(out)
+    }
+
+    /// Every key matching `pattern`, by SCAN (never KEYS: Redis keeps
+    /// serving while it runs).
+    pub async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut *conn)
+                .await?;
+            out.extend(keys);
+            if next == 0 {
+                out.sort();
+                out.dedup();
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Passes `result` on; after an error the connection may still hold a
+/// WATCH or a half-sent MULTI, so it is closed rather than pooled.
+fn discard_on_error<T>(
+    conn: deadpool_redis::Connection,
+    result: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    if result.is_err() {
+        drop(deadpool_redis::Connection::take(conn));
+    }
+    result
+}
+
+/// A reply as `T`, or the key it came from is unreadable.
+fn parse<T: redis::FromRedisValue>(value: Value, key: &str) -> Result<T, StoreError> {
+    redis::from_redis_value(value).map_err(|e| corrupt(key, e))
+}
