@@ -4,10 +4,12 @@
 mod bench;
 mod rush;
 mod status;
+mod verify;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use reservation_worker::admin::{self, Store};
+use reservation_worker::admin::{self, Store, Summary};
+use reservation_worker::audit;
 use reservation_worker::config::Settings;
 use reservation_worker::domain::{BudgetId, CommandId, CustomerId, ResourceId};
 use reservation_worker::message::CommandBody;
@@ -55,6 +57,23 @@ pub enum CliCommand {
         /// Print the event history (JSON lines) after the state.
         #[arg(long)]
         history: bool,
+        /// Show the state as of this version, folded from the history.
+        #[arg(long, value_name = "VERSION")]
+        at: Option<u64>,
+    },
+    /// Fold every resource's history from scratch and compare it with the
+    /// stored state, and every budget's spending with the amounts its
+    /// resources recorded; exit 1 if anything differs.
+    Verify {
+        /// The resources to verify.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        resources: Vec<String>,
+        /// Every resource and every budget.
+        #[arg(long)]
+        all: bool,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
     },
     /// Fire a ticket rush at running workers and check the result.
     Rush(RushOptions),
@@ -201,7 +220,23 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         CliCommand::Send { command } => send(&settings, command).await,
-        CliCommand::Inspect { resource, history } => inspect(&settings, &resource, history).await,
+        CliCommand::Inspect {
+            resource,
+            history,
+            at,
+        } => inspect(&settings, &resource, history, at).await,
+        CliCommand::Verify {
+            resources,
+            all,
+            json,
+        } => {
+            let agree = verify::run(&settings, &resources, all, json).await?;
+            if !agree {
+                // Said above; the exit status is for scripts.
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         CliCommand::Bench(options) => bench::run(&settings, &options).await,
         CliCommand::BenchHolds(options) => bench::holds::run(&settings, &options).await,
         CliCommand::NullWorker { name } => {
@@ -360,13 +395,31 @@ async fn send(settings: &Settings, command: SendCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn inspect(settings: &Settings, resource: &str, history: bool) -> anyhow::Result<()> {
+async fn inspect(
+    settings: &Settings,
+    resource: &str,
+    history: bool,
+    at: Option<u64>,
+) -> anyhow::Result<()> {
     let resource = ResourceId::try_from(resource).context("RESOURCE")?;
     let store = Store::new(&settings.redis)?;
-    let summary = store
-        .summary(&resource)
-        .await
-        .with_context(|| format!("reading {resource} from {}", settings.redis.url))?;
+    let reading = || format!("reading {resource} from {}", settings.redis.url);
+    let summary = match at {
+        None => store.summary(&resource).await.with_context(reading)?,
+        Some(version) => {
+            let events = store.history(&resource).await.with_context(reading)?;
+            let state = audit::fold(events.iter().map(|e| &e.event), Some(version));
+            let summary = state.resource.map(|r| Summary::of(&resource, &r));
+            if let Some(s) = &summary {
+                anyhow::ensure!(
+                    s.version == version,
+                    "resource {resource} has no version {version}: it is at version {}",
+                    s.version
+                );
+            }
+            summary
+        }
+    };
     match summary {
         Some(s) => println!("{}", serde_json::to_string_pretty(&s)?),
         None => anyhow::bail!("resource {resource} is not defined"),

@@ -32,6 +32,8 @@
 //!   `setup`.
 //! - [`admin`]: the topology, connection and store calls that operators'
 //!   tools and the tests use.
+//! - [`audit`]: folding histories from scratch and comparing them with the
+//!   stored state and budgets (`verify`, `inspect --at`).
 //! - [`schema`]: JSON Schemas of the command and event bodies, generated
 //!   from the wire types (committed under `schema/`).
 //! - [`metrics`]: the name of every metric the worker exports, and the
@@ -60,6 +62,7 @@
 //! | rush | bench`) are the binary in `src/main.rs` and `src/cli/`.
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod domain;
 pub mod message;

@@ -43,7 +43,7 @@ pub use keys::{DUE_SHARDS, Keys};
 pub use transaction::{Commit, Transaction};
 
 use crate::config::RedisSettings;
-use crate::domain::{Resource, ResourceId};
+use crate::domain::{BudgetId, CommandId, CustomerId, Resource, ResourceId, State};
 use crate::message::EventEnvelope;
 use deadpool_redis::{Hook, HookError, Pool, Runtime};
 use error::corrupt;
@@ -68,8 +68,31 @@ pub struct Summary {
     pub remaining: u32,
     /// Most seats per customer.
     pub per_customer_limit: Option<u32>,
+    /// Price per seat, in minor units.
+    #[serde(default)]
+    pub price: u32,
+    /// The budget takes are paid from.
+    #[serde(default)]
+    pub budget_id: Option<BudgetId>,
     /// Aggregate version.
     pub version: u64,
+}
+
+impl Summary {
+    /// What `inspect` shows of a resource's scalars.
+    pub fn of(resource_id: &ResourceId, r: &Resource) -> Summary {
+        Summary {
+            resource_id: resource_id.clone(),
+            capacity: r.capacity,
+            reserved: r.reserved,
+            held: r.held,
+            remaining: r.remaining(),
+            per_customer_limit: r.per_customer_limit,
+            price: r.price,
+            budget_id: r.budget_id.clone(),
+            version: r.version,
+        }
+    }
 }
 
 /// The Redis side of the worker: a pool of connections and the key layout.
@@ -239,15 +262,63 @@ impl Store {
         let json: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut *conn).await?;
         let Some(json) = json else { return Ok(None) };
         let r: Resource = serde_json::from_str(&json).map_err(|e| corrupt(&key, e))?;
-        Ok(Some(Summary {
-            resource_id: resource.clone(),
-            capacity: r.capacity,
-            reserved: r.reserved,
-            held: r.held,
-            remaining: r.remaining(),
-            per_customer_limit: r.per_customer_limit,
-            version: r.version,
-        }))
+        Ok(Some(Summary::of(resource, &r)))
+    }
+
+    /// Everything stored of a resource's aggregate: its scalars, every
+    /// holding and every reservation (for the audit).
+    pub async fn stored_state(&self, resource: &ResourceId) -> Result<State, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let (state_key, holdings_key, reservations_key) = (
+            self.keys.state(resource),
+            self.keys.holdings(resource),
+            self.keys.reservations(resource),
+        );
+        let (json, holdings, reservations): (
+            Option<String>,
+            HashMap<String, i64>,
+            HashMap<String, String>,
+        ) = redis::pipe()
+            .get(&state_key)
+            .hgetall(&holdings_key)
+            .hgetall(&reservations_key)
+            .query_async(&mut *conn)
+            .await?;
+        let mut state = State {
+            resource: json
+                .map(|j| serde_json::from_str(&j).map_err(|e| corrupt(&state_key, e)))
+                .transpose()?,
+            ..State::default()
+        };
+        for (customer, held) in holdings {
+            let customer = CustomerId::try_from(customer).map_err(|e| corrupt(&holdings_key, e))?;
+            let held = u32::try_from(held).map_err(|e| corrupt(&holdings_key, e))?;
+            state.holdings.insert(customer, held);
+        }
+        for (id, json) in reservations {
+            let id = CommandId::try_from(id).map_err(|e| corrupt(&reservations_key, e))?;
+            let r = serde_json::from_str(&json).map_err(|e| corrupt(&reservations_key, e))?;
+            state.reservations.insert(id, r);
+        }
+        Ok(state)
+    }
+
+    /// Every resource with a stored state, by SCAN.
+    pub async fn resources(&self) -> Result<Vec<ResourceId>, StoreError> {
+        let keys = self.scan(&self.keys.states_pattern()).await?;
+        Ok(keys
+            .iter()
+            .filter_map(|k| self.keys.resource_of_state(k))
+            .collect())
+    }
+
+    /// Every budget with a stored state, by SCAN.
+    pub async fn budgets(&self) -> Result<Vec<BudgetId>, StoreError> {
+        let keys = self.scan(&self.keys.budgets_pattern()).await?;
+        Ok(keys
+            .iter()
+            .filter_map(|k| self.keys.budget_of_state(k))
+            .collect())
     }
 
     /// Seats held per customer.

@@ -298,6 +298,8 @@ mod tests {
                 held: 0,
                 remaining: 996,
                 per_customer_limit: Some(4),
+                price: 0,
+                budget_id: None,
                 version: 3,
             }),
             resource_id,

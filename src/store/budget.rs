@@ -371,6 +371,29 @@ impl Store {
         Ok(out)
     }
 
+    /// A budget's `define_budget` outcomes, oldest first.
+    pub async fn budget_history(&self, budget: &BudgetId) -> Result<Vec<BudgetEvent>, StoreError> {
+        let key = self.keys.budget_history(budget);
+        let mut conn = self.pool.get().await?;
+        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut *conn)
+            .await?;
+        page.ids
+            .iter()
+            .map(|entry| {
+                let body: String = entry
+                    .get("event")
+                    .ok_or_else(|| corrupt(&key, format!("entry {} has no event", entry.id)))?;
+                let envelope: crate::message::BudgetEnvelope =
+                    serde_json::from_str(&body).map_err(|e| corrupt(&key, e))?;
+                Ok(envelope.event)
+            })
+            .collect()
+    }
+
     /// Every key matching `pattern`, by SCAN (never KEYS: Redis keeps
     /// serving while it runs).
     pub async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {

@@ -10,7 +10,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use reservation_worker::admin::{self, Store};
 use reservation_worker::config::{SecretUrl, Settings};
 use reservation_worker::domain::{CommandId, CustomerId, Outcome, ResourceId, Submission};
-use reservation_worker::message::{CommandBody, EventEnvelope, OutgoingEvent};
+use reservation_worker::message::{BudgetEnvelope, CommandBody, EventEnvelope, OutgoingEvent};
 use reservation_worker::producer::{Events, Producer, ReceivedEvent};
 use reservation_worker::startup::{self, Application};
 use std::future::Future;
@@ -28,6 +28,8 @@ pub struct TestApp {
     pub producer: Producer,
     pub connection: lapin::Connection,
     events: Received,
+    /// `define_budget` outcomes, as parsed and as the exact bytes.
+    budget_events: Arc<Mutex<Vec<BudgetEnvelope>>>,
     /// Contract violations seen on the events; any fails the test at its
     /// next look at the events.
     violations: Arc<Mutex<Vec<String>>>,
@@ -82,6 +84,36 @@ fn check_contract(e: &ReceivedEvent) -> Result<EventEnvelope, String> {
             e.routing_key,
             envelope.event.routing_key()
         ));
+    }
+    Ok(envelope)
+}
+
+/// The contract's checks on a `define_budget` event: a budget envelope
+/// with no resource fields, `message_id` its `event_id`, the routing key
+/// `define_budget.<outcome>`.
+fn check_budget_contract(e: &ReceivedEvent) -> Result<BudgetEnvelope, String> {
+    let body = String::from_utf8_lossy(&e.body);
+    let envelope: BudgetEnvelope = serde_json::from_slice(&e.body)
+        .map_err(|err| format!("a define_budget event is not contract JSON ({err}): {body}"))?;
+    let json: serde_json::Value = serde_json::from_slice(&e.body).map_err(|e| e.to_string())?;
+    for field in ["resource_id", "remaining", "capacity"] {
+        if json.get(field).is_some() {
+            return Err(format!("a define_budget event carries {field}: {body}"));
+        }
+    }
+    if e.message_id.as_deref() != Some(envelope.event_id.to_string().as_str()) {
+        return Err(format!(
+            "message_id {:?} is not the event_id {}",
+            e.message_id, envelope.event_id
+        ));
+    }
+    let outcome = if envelope.event.is_accepted() {
+        "accepted"
+    } else {
+        "rejected"
+    };
+    if e.routing_key != format!("define_budget.{outcome}") {
+        return Err(format!("routing key {} for {body}", e.routing_key));
     }
     Ok(envelope)
 }
@@ -144,6 +176,7 @@ impl TestApp {
             producer,
             connection,
             events: Arc::new(Mutex::new(Vec::new())),
+            budget_events: Arc::new(Mutex::new(Vec::new())),
             violations: Arc::new(Mutex::new(Vec::new())),
             listening: CancellationToken::new(),
             workers: Vec::new(),
@@ -159,8 +192,9 @@ impl TestApp {
         let mut subscription = Events::subscribe(&self.settings.amqp, &name)
             .await
             .expect("subscribe to the events");
-        let (sink, broken, stop) = (
+        let (sink, budgets, broken, stop) = (
             self.events.clone(),
+            self.budget_events.clone(),
             self.violations.clone(),
             self.listening.clone(),
         );
@@ -171,6 +205,12 @@ impl TestApp {
                     _ = stop.cancelled() => break,
                 };
                 match next {
+                    Some(Ok(e)) if e.routing_key.starts_with("define_budget.") => {
+                        match check_budget_contract(&e) {
+                            Ok(envelope) => budgets.lock().unwrap().push(envelope),
+                            Err(violation) => broken.lock().unwrap().push(violation),
+                        }
+                    }
                     Some(Ok(e)) => match check_contract(&e) {
                         Ok(envelope) => sink.lock().unwrap().push((envelope, e.body)),
                         Err(violation) => broken.lock().unwrap().push(violation),
@@ -337,6 +377,30 @@ impl TestApp {
                 .collect();
             (events.len() >= n).then_some(events)
         })
+        .await
+    }
+
+    /// Every `define_budget` outcome so far, in arrival order.
+    pub fn budget_events(&self) -> Vec<BudgetEnvelope> {
+        self.assert_contract_kept();
+        let events = self.budget_events.lock().unwrap();
+        events.clone()
+    }
+
+    /// Waits for the first `define_budget` event of `command_id`.
+    pub async fn budget_outcome(&self, command_id: &str) -> BudgetEnvelope {
+        eventually(
+            &format!("a define_budget outcome for {command_id}"),
+            || async {
+                self.assert_contract_kept();
+                self.budget_events
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e.event.command_id.as_str() == command_id)
+                    .cloned()
+            },
+        )
         .await
     }
 
