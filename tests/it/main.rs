@@ -2,6 +2,7 @@
 //! One binary; each test isolates itself (see `helpers`).
 
 mod bad_input;
+mod budget_rush;
 mod budgets;
 mod commands;
 mod concurrency;

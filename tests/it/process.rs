@@ -35,6 +35,22 @@ impl WorkerProcess {
         name: &str,
         offset: Option<&str>,
     ) -> WorkerProcess {
+        Self::start(settings, name, offset, &[])
+    }
+
+    /// Like [`WorkerProcess::spawn`], with extra environment variables
+    /// set on the worker, e.g. `RW_FAILPOINTS` to make it abort at named
+    /// points (`src/failpoint.rs`).
+    pub fn spawn_with_env(settings: &Settings, name: &str, env: &[(&str, &str)]) -> WorkerProcess {
+        Self::start(settings, name, None, env)
+    }
+
+    fn start(
+        settings: &Settings,
+        name: &str,
+        offset: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> WorkerProcess {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("faults");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("{name}.log"));
@@ -66,6 +82,7 @@ impl WorkerProcess {
                 .env("FAKETIME", offset)
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
+        command.envs(env.iter().copied());
         let child = command.spawn().expect("spawn the worker binary");
         WorkerProcess {
             name: name.to_string(),
