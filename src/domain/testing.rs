@@ -1,9 +1,10 @@
 //! A small given / when / then harness for `decide` and `apply`.
 
-use super::command::{Action, Command, LimitChange};
+use super::budget::{Answer, Funds};
+use super::command::{Action, BudgetChange, Command, LimitChange};
 use super::event::{Event, Reason, Verdict};
-use super::ids::{CommandId, CustomerId, ResourceId};
-use super::resource::{Millis, State, apply, decide, expire};
+use super::ids::{BudgetId, CommandId, CustomerId, ResourceId};
+use super::resource::{Millis, State, apply, cost, decide, decide_funded, expire};
 
 /// The moment the history starts at (2023-11-14T22:13:20Z), in ms.
 pub const T0: Millis = 1_700_000_000_000;
@@ -29,6 +30,40 @@ pub fn define(id: &str, capacity: u32, limit: impl Into<LimitChange>) -> Command
             budget: Default::default(),
         },
     )
+}
+
+/// A define without a per-customer limit that sets the price (`None`
+/// keeps it) and changes the budget as `budget` says.
+pub fn define_priced(
+    id: &str,
+    capacity: u32,
+    price: impl Into<Option<u32>>,
+    budget: BudgetChange,
+) -> Command {
+    command(
+        id,
+        Action::Define {
+            capacity,
+            per_customer_limit: LimitChange::Keep,
+            price: price.into(),
+            budget,
+        },
+    )
+}
+
+/// Takes are paid from budget `budget` from now on.
+pub fn paid_from(budget: &str) -> BudgetChange {
+    BudgetChange::Attach(BudgetId::try_from(budget).unwrap())
+}
+
+/// What a budget answered for the cost of `command` (a take on a resource
+/// with a budget) in `state`; `None` for any other command.
+pub fn funds_for(state: &State, command: &Command, answer: Answer) -> Option<Funds> {
+    cost(state, command).map(|(budget_id, amount)| Funds {
+        budget_id,
+        amount,
+        answer,
+    })
 }
 
 pub fn reserve(id: &str, customer: &str, quantity: u32) -> Command {
@@ -80,6 +115,17 @@ pub fn given(history: &[Command]) -> Given {
     Given { state, now: T0 }
 }
 
+/// The history so far, every take on a resource with a budget paid for:
+/// decided as if its budget had set its cost aside.
+pub fn given_paid(history: &[Command]) -> Given {
+    let state = history.iter().fold(State::default(), |state, c| {
+        let funds = funds_for(&state, c, Answer::SetAside);
+        let event = decide_funded(&state, c, T0, funds.as_ref());
+        apply(state, &event)
+    });
+    Given { state, now: T0 }
+}
+
 pub struct Given {
     state: State,
     now: Millis,
@@ -112,8 +158,25 @@ impl Given {
     /// Decides `command` now, after expiring the holds that are due, the
     /// way a batch does.
     pub fn when(self, command: Command) -> Then {
+        self.when_funded(command, |_, _| None)
+    }
+
+    /// Decides `command` like [`Given::when`], its budget having answered
+    /// `answer` for exactly its cost.
+    pub fn when_paid(self, command: Command, answer: Answer) -> Then {
+        self.when_funded(command, |state, command| funds_for(state, command, answer))
+    }
+
+    /// Decides `command` like [`Given::when`], with the funds `funds`
+    /// gives for the state it is decided against.
+    pub fn when_funded(
+        self,
+        command: Command,
+        funds: impl FnOnce(&State, &Command) -> Option<Funds>,
+    ) -> Then {
         let (before, expiries) = expire_due(self.state, self.now);
-        let event = decide(&before, &command, self.now);
+        let funds = funds(&before, &command);
+        let event = decide_funded(&before, &command, self.now, funds.as_ref());
         let state = apply(before.clone(), &event);
         Then {
             before,

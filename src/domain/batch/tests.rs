@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::domain::event::Reason;
-use crate::domain::testing::{T0, cancel, confirm, define, given, hold, reserve};
+use crate::domain::testing::{T0, cancel, confirm, define, given_paid, hold, reserve};
 
 /// A sealed event for tests: the event and the order it was sealed in.
 type Sealed = (u32, Event);
@@ -25,9 +25,10 @@ fn snapshot(history: &[Command], batch: &[Submission]) -> Snapshot<Sealed> {
 }
 
 /// The same, `now` being later than the history: the holds due by then
-/// are loaded from the resource's due-time index, as the store does.
+/// are loaded from the resource's due-time index, as the store does. Takes
+/// in the history on a resource with a budget were paid for.
 fn snapshot_at(history: &[Command], batch: &[Submission], now: Millis) -> Snapshot<Sealed> {
-    let full = given(history).state();
+    let full = given_paid(history).state();
     let due = full
         .due(now)
         .into_iter()
@@ -374,3 +375,5 @@ fn a_hold_and_its_confirm_in_one_batch() {
     assert_eq!(d.changes.reservations[0].1.status, Status::Confirmed);
     assert_eq!(d.changes.holdings, [(customer("a"), Holding::Set(2))]);
 }
+
+mod budgets;

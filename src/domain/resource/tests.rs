@@ -269,6 +269,7 @@ fn rejection_serialises_reason_and_detail() {
     );
 }
 
+mod budgets;
 mod holds;
 
 pub(super) fn cust(s: &str) -> CustomerId {

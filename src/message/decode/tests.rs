@@ -2,7 +2,7 @@
 //! dead-lettered, what is `invalid`, and what must not change the hash.
 
 use super::*;
-use crate::domain::{CustomerId, Submission};
+use crate::domain::{BudgetCommand, CustomerId, Submission};
 
 fn decoded(body: &str) -> Submission {
     decode(body.as_bytes()).expect("readable")
@@ -573,4 +573,295 @@ fn escaped_keys_and_type_read_as_their_text() {
     );
     let plain = decoded(r#"{"type":"define","command_id":"c","resource_id":"r","capacity":3}"#);
     assert_eq!(escaped, plain);
+}
+
+// Budgets (contract v2).
+
+/// A `define_budget` for budget `festival-2026` with `fields` spliced in
+/// after its ids.
+fn define_budget_with(fields: &str) -> String {
+    format!(r#"{{"type":"define_budget","command_id":"b-1","budget_id":"festival-2026"{fields}}}"#)
+}
+
+fn decoded_budget(body: &str) -> (BudgetCommand, String) {
+    match decode_any(body.as_bytes()).expect("readable") {
+        Decoded::Budget(command, hash) => (command, hash),
+        other => panic!("expected a define_budget, got {other:?}"),
+    }
+}
+
+#[test]
+fn decodes_the_contract_define_budget_example() {
+    let body = r#"{"type":"define_budget","command_id":"b-1","budget_id":"festival-2026","per_customer_amount":50000}"#;
+    let (command, hash) = decoded_budget(body);
+    assert_eq!(
+        command,
+        BudgetCommand {
+            command_id: CommandId::try_from("b-1").unwrap(),
+            budget_id: BudgetId::try_from("festival-2026").unwrap(),
+            action: Ok(50_000),
+        }
+    );
+    let canonical = CommandBody::DefineBudget {
+        command_id: command.command_id.clone(),
+        budget_id: command.budget_id.clone(),
+        per_customer_amount: 50_000,
+    };
+    assert_eq!(hash, sha256_hex(&canonical.to_json()));
+    assert_eq!(canonical.routing_key(), "festival-2026");
+    assert_eq!(
+        decoded_budget(&String::from_utf8(canonical.to_json()).unwrap()).1,
+        hash
+    );
+}
+
+#[test]
+fn a_budget_cap_is_any_integer_json_carries_exactly() {
+    for (amount, expected) in [("0", 0), ("1", 1), ("9007199254740991", MAX_AMOUNT)] {
+        let (command, _) = decoded_budget(&define_budget_with(&format!(
+            r#","per_customer_amount":{amount}"#
+        )));
+        assert_eq!(command.action, Ok(expected), "{amount}");
+    }
+}
+
+#[test]
+fn a_define_budget_without_a_valid_cap_is_invalid_and_hashed_raw() {
+    let range = "per_customer_amount must be an integer from 0 to 9007199254740991, got";
+    for (fields, detail) in [
+        (String::new(), "per_customer_amount is required".to_string()),
+        (
+            r#","per_customer_amount":null"#.into(),
+            "per_customer_amount is required".into(),
+        ),
+        (r#","per_customer_amount":-1"#.into(), format!("{range} -1")),
+        (
+            r#","per_customer_amount":9007199254740992"#.into(),
+            format!("{range} 9007199254740992"),
+        ),
+        (
+            r#","per_customer_amount":18446744073709551616"#.into(),
+            format!("{range} 18446744073709551616"),
+        ),
+        (
+            r#","per_customer_amount":1.5"#.into(),
+            format!("{range} 1.5"),
+        ),
+        (
+            r#","per_customer_amount":1e3"#.into(),
+            format!("{range} 1e3"),
+        ),
+        (
+            r#","per_customer_amount":"5""#.into(),
+            format!(r#"{range} "5""#),
+        ),
+        (
+            r#","per_customer_amount":true"#.into(),
+            format!("{range} true"),
+        ),
+        (
+            r#","per_customer_amount":1,"per_customer_amount":1"#.into(),
+            "duplicate key per_customer_amount".into(),
+        ),
+    ] {
+        let body = define_budget_with(&fields);
+        let (command, hash) = decoded_budget(&body);
+        assert_eq!(command.action, Err(detail), "{body}");
+        assert_eq!(command.budget_id.as_str(), "festival-2026");
+        assert_eq!(hash, sha256_hex(body.as_bytes()), "{body}");
+    }
+}
+
+#[test]
+fn a_define_budget_with_a_reserved_id_or_too_big_is_invalid() {
+    let (command, _) = decoded_budget(
+        r#"{"type":"define_budget","command_id":"expire:h","budget_id":"b","per_customer_amount":1}"#,
+    );
+    assert!(
+        command
+            .action
+            .unwrap_err()
+            .starts_with("command_id may not start with \"expire:\"")
+    );
+    let body = define_budget_with(&format!(
+        r#","per_customer_amount":1,"pad":"{}""#,
+        "x".repeat(MAX_BODY_BYTES)
+    ));
+    let (command, hash) = decoded_budget(&body);
+    assert_eq!(
+        command.action,
+        Err(format!(
+            "body is {} bytes; at most 65536 are allowed",
+            body.len()
+        ))
+    );
+    assert_eq!(hash, sha256_hex(body.as_bytes()));
+}
+
+#[test]
+fn a_define_budget_that_cannot_be_tied_to_its_budget_is_unreadable() {
+    for (body, why) in [
+        (
+            r#"{"type":"define_budget","command_id":"b-1","per_customer_amount":5}"#,
+            "budget_id is required",
+        ),
+        (
+            r#"{"type":"define_budget","command_id":"b-1","resource_id":"r","per_customer_amount":5}"#,
+            "budget_id is required",
+        ),
+        (
+            r#"{"type":"define_budget","command_id":"b-1","budget_id":null,"per_customer_amount":5}"#,
+            "budget_id is required",
+        ),
+        (
+            r#"{"type":"define_budget","command_id":"b-1","budget_id":"","per_customer_amount":5}"#,
+            "budget_id must not be empty",
+        ),
+        (
+            r#"{"type":"define_budget","command_id":"b-1","budget_id":7,"per_customer_amount":5}"#,
+            "budget_id must be a string, got 7",
+        ),
+        (
+            r#"{"type":"define_budget","command_id":"b-1","budget_id":"a","budget_id":"a","per_customer_amount":5}"#,
+            "duplicate key budget_id",
+        ),
+        (
+            r#"{"type":"define_budget","budget_id":"b","per_customer_amount":5}"#,
+            "command_id is required",
+        ),
+    ] {
+        let err = decode_any(body.as_bytes()).expect_err("unreadable");
+        assert_eq!(err.0, why, "{body}");
+    }
+}
+
+#[test]
+fn a_define_budget_hash_ignores_order_whitespace_and_unknown_fields() {
+    let (_, a) = decoded_budget(&define_budget_with(r#","per_customer_amount":500"#));
+    let (_, b) = decoded_budget(
+        r#"{ "per_customer_amount": 500, "note": [1], "budget_id": "festival-2026", "command_id": "b-1", "type": "define_budget" }"#,
+    );
+    assert_eq!(a, b);
+    let (_, c) = decoded_budget(&define_budget_with(r#","per_customer_amount":501"#));
+    assert_ne!(a, c);
+    let (_, other_budget) = decoded_budget(
+        r#"{"type":"define_budget","command_id":"b-1","budget_id":"other","per_customer_amount":500}"#,
+    );
+    assert_ne!(a, other_budget);
+}
+
+#[test]
+fn decode_any_decodes_other_commands_as_decode_does() {
+    for body in [
+        reserve_with(""),
+        reserve_with(r#","quantity":2"#),
+        r#"{"type":"define","command_id":"c","resource_id":"r","capacity":5,"price":450,"budget_id":"b"}"#
+            .into(),
+        r#"{"type":"fly","command_id":"c","resource_id":"r"}"#.into(),
+    ] {
+        assert_eq!(
+            decode_any(body.as_bytes()),
+            Ok(Decoded::Resource(decoded(&body))),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        decode_any(br#"{"type":"reserve","command_id":"c"}"#).unwrap_err(),
+        decode(br#"{"type":"reserve","command_id":"c"}"#).unwrap_err()
+    );
+}
+
+/// A define of resource `r` with `fields` spliced in after its capacity.
+fn define_with(fields: &str) -> Submission {
+    decoded(&format!(
+        r#"{{"type":"define","command_id":"c","resource_id":"r","capacity":5{fields}}}"#
+    ))
+}
+
+fn price_and_budget(d: &Submission) -> (Option<u32>, BudgetChange) {
+    match &d.command.action {
+        Action::Define { price, budget, .. } => (*price, budget.clone()),
+        other => panic!("expected a define, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_define_may_set_a_price_or_keep_it() {
+    let absent = define_with("");
+    let null = define_with(r#","price":null"#);
+    let zero = define_with(r#","price":0"#);
+    let set = define_with(r#","price":450"#);
+    let max = define_with(r#","price":4294967295"#);
+    assert_eq!(price_and_budget(&absent).0, None);
+    assert_eq!(
+        price_and_budget(&null).0,
+        None,
+        "null keeps it, as absent does"
+    );
+    assert_eq!(price_and_budget(&zero).0, Some(0));
+    assert_eq!(price_and_budget(&set).0, Some(450));
+    assert_eq!(price_and_budget(&max).0, Some(u32::MAX));
+    assert_eq!(absent.body_hash, null.body_hash);
+    assert_ne!(absent.body_hash, zero.body_hash);
+    assert_ne!(zero.body_hash, set.body_hash);
+    for price in ["-1", "1.5", "4294967296", r#""450""#, "true"] {
+        assert_eq!(
+            invalid_detail(
+                format!(
+                    r#"{{"type":"define","command_id":"c","resource_id":"r","capacity":5,"price":{price}}}"#
+                )
+                .as_bytes()
+            ),
+            format!("price must be an integer from 0 to 4294967295, got {price}")
+        );
+    }
+}
+
+#[test]
+fn an_absent_budget_keeps_a_null_one_detaches_and_they_hash_apart() {
+    let absent = define_with("");
+    let null = define_with(r#","budget_id":null"#);
+    let named = define_with(r#","budget_id":"festival-2026""#);
+    assert_eq!(price_and_budget(&absent).1, BudgetChange::Keep);
+    assert_eq!(price_and_budget(&null).1, BudgetChange::Detach);
+    assert_eq!(
+        price_and_budget(&named).1,
+        BudgetChange::Attach(BudgetId::try_from("festival-2026").unwrap())
+    );
+    assert_ne!(absent.body_hash, null.body_hash);
+    assert_ne!(null.body_hash, named.body_hash);
+    assert_ne!(absent.body_hash, named.body_hash);
+    for (budget, detail) in [
+        (r#""""#, "budget_id must not be empty"),
+        ("7", "budget_id must be a string, got 7"),
+        (r#""a\nb""#, "budget_id contains a non-printable character"),
+    ] {
+        let body = format!(
+            r#"{{"type":"define","command_id":"c","resource_id":"r","capacity":5,"budget_id":{budget}}}"#
+        );
+        assert_eq!(invalid_detail(body.as_bytes()), detail, "{body}");
+    }
+}
+
+#[test]
+fn a_priced_define_round_trips_and_hashes_its_canonical_body() {
+    let contract = define_with(r#","price":4500,"budget_id":"festival-2026""#);
+    let reordered = decoded(
+        r#"{"budget_id":"festival-2026","capacity":5,"price":4500,"resource_id":"r","command_id":"c","type":"define","x":1}"#,
+    );
+    assert_eq!(contract, reordered);
+    for d in [
+        contract,
+        define_with(r#","budget_id":null"#),
+        define_with(r#","price":0,"budget_id":"b""#),
+        define_with(""),
+    ] {
+        let canonical = CommandBody::from_parts(
+            &d.command.command_id,
+            &d.command.resource_id,
+            &d.command.action,
+        );
+        assert_eq!(d.body_hash, sha256_hex(&canonical.to_json()));
+        assert_eq!(decode(&canonical.to_json()).unwrap(), d, "round trip");
+    }
 }
