@@ -8,4 +8,4 @@ pub use crate::broker::{
     declare_topology, delete_topology, partition_queues,
 };
 pub use crate::store::{Store, StoreError, Summary};
-pub use crate::worker::decide_and_commit;
+pub use crate::worker::{Committed, decide_and_commit};

@@ -219,6 +219,7 @@ mod tests {
             per_customer_limit: None,
             price: 10,
             budget_id: Some(budget("b")),
+            former_budgets: Vec::new(),
             version: 2,
         }
     }

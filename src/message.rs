@@ -320,6 +320,20 @@ impl OutgoingEvent {
         })
     }
 
+    /// A `define_budget` event as published before, from its exact bytes.
+    pub fn from_budget_body(body: Vec<u8>) -> Result<OutgoingEvent, serde_json::Error> {
+        let envelope: BudgetEnvelope = serde_json::from_slice(&body)?;
+        Ok(OutgoingEvent {
+            event_id: envelope.event_id,
+            command_id: envelope.event.command_id.clone(),
+            command: CommandKind::DefineBudget,
+            reason: envelope.event.verdict.reason(),
+            version: envelope.event.version,
+            step: None,
+            body,
+        })
+    }
+
     /// `accepted` or `rejected`.
     pub fn outcome(&self) -> &'static str {
         if self.reason.is_some() {

@@ -132,7 +132,11 @@ mod tests {
             .into_iter()
             .filter(|e| e.get("type").is_some())
             .collect();
-        assert_eq!(commands.len(), 5, "define, reserve, cancel, hold, confirm");
+        assert_eq!(
+            commands.len(),
+            7,
+            "define, reserve, cancel, hold, confirm, define_budget, a priced define"
+        );
         for command in &commands {
             assert_eq!(errors(&v, command), Vec::<String>::new(), "{command}");
         }
@@ -147,7 +151,11 @@ mod tests {
             .into_iter()
             .filter(|e| e.get("event_id").is_some())
             .collect();
-        assert_eq!(events.len(), 3, "one accepted, one rejected, one expiry");
+        assert_eq!(
+            events.len(),
+            6,
+            "accepted, rejected, expiry, define_budget, a paid take, budget_exceeded"
+        );
         for event in &events {
             assert_eq!(errors(&v, event), Vec::<String>::new(), "{event}");
         }

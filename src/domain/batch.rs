@@ -10,7 +10,7 @@
 //! Event ids and timestamps come from the `seal` function the caller
 //! passes in, so a decision is a pure function of its inputs.
 
-use super::budget::{Answer, Ask, Funds};
+use super::budget::{Answer, Ask, BudgetStep, Funds, StepKind};
 use super::command::{Action, Command, CommandKind};
 use super::event::Event;
 use super::ids::{BudgetId, CommandId, CustomerId, ResourceId};
@@ -237,6 +237,12 @@ pub struct Decision<E> {
     /// are any, nothing may be committed: set them aside, add the answers
     /// to the snapshot and decide again.
     pub asks: Vec<(BudgetId, Ask)>,
+    /// Refunds on the budgets the resource was paid from before, for every
+    /// take of the batch: money set aside there before the resource moved
+    /// to another budget (in this batch, or by another replica between a
+    /// set-aside and its commit) would otherwise stay set aside. A refund
+    /// gives back only what is set aside, never what a take kept.
+    pub refunds: Vec<BudgetStep>,
 }
 
 /// Decides `batch` in order against `snapshot`, each command seeing the
@@ -352,6 +358,23 @@ pub fn decide_batch<E: Clone>(
     let records = take(fresh);
     let conflicts = take(conflicted);
     let (holds_added, holds_removed) = due_index(&accepted, &state);
+    let former = state
+        .resource
+        .as_ref()
+        .map_or(&[][..], |r| r.former_budgets.as_slice());
+    let refunds = batch
+        .iter()
+        .filter_map(|s| Some((s.command.customer()?, &s.command.command_id)))
+        .flat_map(|(customer, id)| {
+            former.iter().map(|budget| BudgetStep {
+                budget_id: budget.clone(),
+                customer_id: customer.clone(),
+                resource_id: resource_id.clone(),
+                reservation_id: id.clone(),
+                kind: StepKind::Refund,
+            })
+        })
+        .collect();
     let changes = ChangeSet {
         holdings: holdings(&accepted, &loaded, &state),
         reservations: reservations(&accepted, &state),
@@ -367,6 +390,7 @@ pub fn decide_batch<E: Clone>(
         outcomes,
         changes,
         asks,
+        refunds,
     }
 }
 

@@ -45,6 +45,10 @@ pub struct Resource {
     /// The budget takes are paid from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_id: Option<BudgetId>,
+    /// Budgets the resource was paid from before: money set aside there
+    /// for a take that is decided after the move must be given back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub former_budgets: Vec<BudgetId>,
     /// Bumped by every accepted command and expiry.
     pub version: u64,
 }
@@ -359,6 +363,7 @@ const EMPTY: Resource = Resource {
     per_customer_limit: None,
     price: 0,
     budget_id: None,
+    former_budgets: Vec::new(),
     version: 0,
 };
 
@@ -586,6 +591,12 @@ fn apply_scalars(resource: Option<Resource>, event: &Event, state: &State) -> Re
             r.capacity = d.capacity.unwrap_or(r.capacity);
             r.per_customer_limit = d.per_customer_limit;
             r.price = d.price.unwrap_or(0);
+            if let Some(old) = r.budget_id.take()
+                && d.budget_id.as_ref() != Some(&old)
+                && !r.former_budgets.contains(&old)
+            {
+                r.former_budgets.push(old);
+            }
             r.budget_id = d.budget_id.clone();
         }
         CommandKind::Reserve => r.reserved += quantity,

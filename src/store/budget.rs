@@ -239,13 +239,16 @@ impl Store {
             .arg(state_key)
             .arg(record_key)
             .ignore();
+        let applied_key = keys.budget_applied(budget);
         pipe.exists(marker).get(state_key).get(record_key);
         pipe.cmd("TIME");
-        let (initialised, state, record, (secs, micros)): (
+        pipe.hget(&applied_key, command.command_id.as_str());
+        let (initialised, state, record, (secs, micros), applied): (
             bool,
             Option<String>,
             Option<String>,
             (i64, i64),
+            Option<String>,
         ) = pipe.query_async(&mut **conn).await?;
         if !initialised {
             return Err(StoreError::Uninitialised {
@@ -258,6 +261,13 @@ impl Store {
         let mut record: Option<Record<OutgoingEvent>> = record
             .map(|json| serde_json::from_str(&json).map_err(|e| corrupt(record_key, e)))
             .transpose()?;
+        if record.is_none()
+            && let Some(applied) = applied
+        {
+            // Accepted before and its record expired: the event is in the
+            // history at `<version>-0`, and is replayed, never decided again.
+            record = Some(self.recover_budget_record(conn, budget, &applied).await?);
+        }
         let now = OffsetDateTime::from_unix_timestamp(secs).map_err(|e| corrupt("TIME", e))?
             + time::Duration::microseconds(micros);
         let seal = |event: BudgetEvent| OutgoingEvent::of_budget(event, Uuid::new_v4(), now);
@@ -316,15 +326,55 @@ impl Store {
                     conflicts: Vec::new(),
                 };
                 let json = serde_json::to_string(&record).expect("plain struct");
-                // An accepted define_budget is found again in the history
-                // by its version, like a resource's commands; its record
-                // may expire.
+                // An accepted define_budget is kept for good in `applied`
+                // and found again in the history by its version, like a
+                // resource's commands; its record may expire.
                 tx.set_ex(record_key, json, self.retention_secs).ignore();
+                if event.reason.is_none() {
+                    tx.hset(
+                        &applied_key,
+                        command.command_id.as_str(),
+                        format!("{}:{body_hash}", event.version),
+                    )
+                    .ignore();
+                }
                 Outcome::Decided(event)
             }
         };
         let committed: Option<()> = tx.query_async(&mut **conn).await?;
         Ok(committed.map(|()| outcome))
+    }
+
+    /// The record of an accepted `define_budget` whose record expired,
+    /// rebuilt from `applied` (`version:hash`) and the history.
+    async fn recover_budget_record(
+        &self,
+        conn: &mut deadpool_redis::Connection,
+        budget: &BudgetId,
+        applied: &str,
+    ) -> Result<Record<OutgoingEvent>, StoreError> {
+        let key = self.keys.budget_history(budget);
+        let (version, hash) = applied
+            .split_once(':')
+            .ok_or_else(|| corrupt(&key, format!("applied entry {applied:?}")))?;
+        let id = format!("{version}-0");
+        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg(&id)
+            .arg(&id)
+            .query_async(&mut **conn)
+            .await?;
+        let body: Vec<u8> = page
+            .ids
+            .first()
+            .and_then(|entry| entry.get("event"))
+            .ok_or_else(|| corrupt(&key, format!("no entry {id} for an accepted command")))?;
+        let event = OutgoingEvent::from_budget_body(body).map_err(|e| corrupt(&key, e))?;
+        Ok(Record {
+            hash: hash.to_string(),
+            event,
+            conflicts: Vec::new(),
+        })
     }
 
     // The read side, for `verify` and the tests.

@@ -138,6 +138,12 @@ impl Keys {
         self.budget_key(b, "history")
     }
 
+    /// The `define_budget` commands a budget accepted, kept for good
+    /// (hash: command id -> `version:body hash`).
+    pub fn budget_applied(&self, b: &BudgetId) -> String {
+        self.budget_key(b, "applied")
+    }
+
     /// A `define_budget` command's idempotency record.
     pub fn budget_record(&self, b: &BudgetId, c: &CommandId) -> String {
         self.budget_key(b, &format!("cmd:{c}"))

@@ -301,6 +301,14 @@ impl<'a> Transaction<'a> {
         })
     }
 
+    /// Ends the transaction without writing: UNWATCH, and the connection
+    /// goes back to the pool.
+    pub async fn cancel(mut self) -> Result<(), StoreError> {
+        redis::cmd("UNWATCH").exec_async(&mut **self.conn()).await?;
+        self.release();
+        Ok(())
+    }
+
     /// Returns the connection to the pool: it holds no WATCH any more.
     fn release(&mut self) {
         drop(self.conn.take());

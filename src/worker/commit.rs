@@ -1,24 +1,39 @@
 //! One optimistic attempt at a batch, in three steps: the store loads, the
 //! domain decides, the store commits. On a resource with a budget, the
 //! decision first asks the budget to set each take's cost aside (step 1 of
-//! `docs/budgets.md`), while the resource's WATCH stays on.
+//! `docs/budgets.md`), then loads and decides again with the answers.
 
-use crate::domain::{
-    self, Action, BudgetId, Decision, Funds, Outcome, ResourceId, Snapshot, Submission,
-};
+use crate::domain::{self, BudgetId, CommandId, Funds, Outcome, ResourceId, Submission};
 use crate::failpoint;
 use crate::message::OutgoingEvent;
 use crate::store::{Commit, Store, StoreError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
 /// How many times one attempt asks budgets for money before it gives up
 /// and starts over (a batch whose defines keep changing the price).
 const MAX_ASK_ROUNDS: usize = 4;
 
+/// A committed batch: its outcomes, and the refunds owed to budgets the
+/// resource was paid from before (see [`domain::Decision::refunds`]).
+#[derive(Debug)]
+pub struct Committed {
+    /// One per command, in batch order.
+    pub outcomes: Vec<Outcome<OutgoingEvent>>,
+    /// To settle with the outcomes' own budget steps.
+    pub refunds: Vec<domain::BudgetStep>,
+}
+
 /// Loads a snapshot under WATCH, decides the batch against it, commits the
 /// change set. `None` means another writer changed a watched key first and
 /// nothing was written.
+///
+/// On a resource with a budget, a decision whose takes need money no budget
+/// has answered for is not committed: the WATCH is dropped (a transaction
+/// never holds two connections, so a busy pool cannot deadlock), the money
+/// is set aside, and the batch is loaded and decided again with the
+/// answers. Answers for another budget or price than the reloaded state's
+/// are asked again.
 ///
 /// Every event is stamped with the snapshot's time, Redis's clock, which
 /// also decided which holds ran out: a replica's own clock plays no part.
@@ -26,71 +41,66 @@ pub async fn decide_and_commit(
     store: &Store,
     resource: &ResourceId,
     batch: &[Submission],
-) -> Result<Option<Vec<Outcome<OutgoingEvent>>>, StoreError> {
-    let mut tx = store.begin().await?;
-    let snapshot = tx.load(resource, &domain::reads(batch)).await?;
-    let Some(decision) = decide_funded(store, snapshot, batch).await? else {
-        return Ok(None);
-    };
-    if !decision.changes.holds_added.is_empty() {
-        tx.index_holds(resource, &decision.changes.holds_added)
-            .await?;
-    }
-    match tx.commit(resource, &decision.changes).await? {
-        Commit::Committed => {
-            failpoint::hit("budget.after_commit");
-            Ok(Some(decision.outcomes))
-        }
-        Commit::Conflict => Ok(None),
-    }
-}
-
-/// Decides the batch; when its takes need money no budget has answered
-/// for, sets it aside and decides again with the answers. `None` if a
-/// budget's transaction lost its race (start over).
-async fn decide_funded(
-    store: &Store,
-    mut snapshot: Snapshot<OutgoingEvent>,
-    batch: &[Submission],
-) -> Result<Option<Decision<OutgoingEvent>>, StoreError> {
-    let now = domain::at(snapshot.now);
-    let seal = |event| OutgoingEvent::new(event, Uuid::new_v4(), now);
-    // Only a resource with a budget, or a batch that may give it one, can
-    // need a second decision: only then is the snapshot worth a copy.
-    let may_ask = snapshot
-        .state
-        .resource
-        .as_ref()
-        .is_some_and(|r| r.budget_id.is_some())
-        || batch
-            .iter()
-            .any(|s| matches!(s.command.action, Action::Define { .. }));
-    if !may_ask {
-        return Ok(Some(domain::decide_batch(snapshot, batch, seal)));
-    }
+) -> Result<Option<Committed>, StoreError> {
+    let reads = domain::reads(batch);
+    let mut funds: HashMap<CommandId, Funds> = HashMap::new();
     for _ in 0..MAX_ASK_ROUNDS {
-        let decision = domain::decide_batch(snapshot.clone(), batch, seal);
-        if decision.asks.is_empty() {
-            return Ok(Some(decision));
-        }
-        let mut by_budget: BTreeMap<BudgetId, Vec<domain::Ask>> = BTreeMap::new();
-        for (budget, ask) in decision.asks {
-            by_budget.entry(budget).or_default().push(ask);
-        }
-        for (budget, asks) in by_budget {
-            let Some(answers) = store.set_aside(&budget, &asks).await? else {
+        let mut tx = store.begin().await?;
+        let mut snapshot = tx.load(resource, &reads).await?;
+        snapshot.funds.clone_from(&funds);
+        let now = domain::at(snapshot.now);
+        let decision = domain::decide_batch(snapshot, batch, |event| {
+            OutgoingEvent::new(event, Uuid::new_v4(), now)
+        });
+        if !decision.asks.is_empty() {
+            tx.cancel().await?;
+            if !set_aside(store, decision.asks, &mut funds).await? {
                 return Ok(None);
-            };
-            for (ask, answer) in asks.into_iter().zip(answers) {
-                let funds = Funds {
-                    budget_id: budget.clone(),
-                    amount: ask.amount,
-                    answer,
-                };
-                snapshot.funds.insert(ask.command_id, funds);
             }
+            failpoint::hit("budget.after_set_aside");
+            continue;
         }
-        failpoint::hit("budget.after_set_aside");
+        if !decision.changes.holds_added.is_empty() {
+            tx.index_holds(resource, &decision.changes.holds_added)
+                .await?;
+        }
+        return match tx.commit(resource, &decision.changes).await? {
+            Commit::Committed => {
+                failpoint::hit("budget.after_commit");
+                Ok(Some(Committed {
+                    outcomes: decision.outcomes,
+                    refunds: decision.refunds,
+                }))
+            }
+            Commit::Conflict => Ok(None),
+        };
     }
     Ok(None)
+}
+
+/// Step 1: asks each budget to set the takes' costs aside, and records the
+/// answers in `funds`. `false` if a budget's transaction lost its race.
+async fn set_aside(
+    store: &Store,
+    asks: Vec<(BudgetId, domain::Ask)>,
+    funds: &mut HashMap<CommandId, Funds>,
+) -> Result<bool, StoreError> {
+    let mut by_budget: BTreeMap<BudgetId, Vec<domain::Ask>> = BTreeMap::new();
+    for (budget, ask) in asks {
+        by_budget.entry(budget).or_default().push(ask);
+    }
+    for (budget, asks) in by_budget {
+        let Some(answers) = store.set_aside(&budget, &asks).await? else {
+            return Ok(false);
+        };
+        for (ask, answer) in asks.into_iter().zip(answers) {
+            let answered = Funds {
+                budget_id: budget.clone(),
+                amount: ask.amount,
+                answer,
+            };
+            funds.insert(ask.command_id, answered);
+        }
+    }
+    Ok(true)
 }

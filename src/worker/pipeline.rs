@@ -8,7 +8,7 @@
 //! redelivers it and the idempotency record turns the redelivery into a
 //! re-publish of the same event.
 
-use super::commit::decide_and_commit;
+use super::commit::{Committed, decide_and_commit};
 use super::lanes::Lanes;
 use super::retry::{backoff, full_jitter};
 use crate::broker::{Delivery, Message, PublishError, Publisher};
@@ -302,15 +302,15 @@ impl Pipeline {
         if !batch.is_empty() {
             metrics::histogram!(metric::BATCH_SIZE).record(batch.len() as f64);
         }
-        let outcomes = self
+        let Committed { outcomes, refunds } = self
             .retrying(|| decide_and_commit(&self.store, resource, batch))
             .await?;
         metrics::counter!(metric::COMMITS).increment(1);
         metrics::histogram!(metric::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
         // Step 3 of a budgeted take, cancel or expiry: the budget agrees
         // with the outcome before anyone hears of it.
-        self.settle_budgets(outcomes.iter().map(|o| o.event()))
-            .await?;
+        let steps = outcomes.iter().filter_map(|o| o.event().step.as_ref());
+        self.settle_budgets(steps.chain(&refunds)).await?;
         Ok(outcomes)
     }
 
@@ -319,10 +319,10 @@ impl Pipeline {
     /// replays an outcome settles again harmlessly.
     pub(super) async fn settle_budgets<'e>(
         &self,
-        events: impl Iterator<Item = &'e OutgoingEvent>,
+        steps: impl Iterator<Item = &'e BudgetStep>,
     ) -> Result<(), Failure> {
         let mut by_budget: BTreeMap<&BudgetId, Vec<BudgetStep>> = BTreeMap::new();
-        for step in events.filter_map(|e| e.step.as_ref()) {
+        for step in steps {
             by_budget
                 .entry(&step.budget_id)
                 .or_default()

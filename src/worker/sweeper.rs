@@ -124,7 +124,7 @@ async fn release(
     // A hold paid from a budget gives the money back before its expiry is
     // told (again, harmlessly, when an earlier sweep died after it).
     pipeline
-        .settle_budgets(recorded.iter().map(|(_, e)| e))
+        .settle_budgets(recorded.iter().filter_map(|(_, e)| e.step.as_ref()))
         .await?;
     futures_util::stream::iter(recorded)
         .map(|(expires_at, event)| async move {

@@ -291,6 +291,7 @@ impl TestApp {
             .await
             .expect("redis")
             .expect("no other writer races this test")
+            .outcomes
     }
 
     /// Fails the test if any published event broke the contract.

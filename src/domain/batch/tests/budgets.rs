@@ -311,3 +311,48 @@ fn a_cancel_in_the_batch_releases_at_the_recorded_amount() {
         Some((bud("b"), StepKind::Release))
     );
 }
+
+#[test]
+fn money_set_aside_on_a_budget_the_resource_left_is_given_back() {
+    // r1 is refused, so the define that moves the resource to b2 is
+    // accepted, and r2 is paid from b2: what b set aside for r2 (and r1)
+    // must come back from b.
+    let b = batch([
+        reserve("r1", "a", 5),
+        define_priced("d2", 4, None, paid_from("b2")),
+        reserve("r2", "a", 1),
+    ]);
+    let first = run(snapshot(&[priced()], &b), &b);
+    assert_eq!(first.asks, [ask("b", "a", "r1", 2250), ask("b", "a", "r2", 450)]);
+    assert!(first.refunds.is_empty(), "the resource has not moved yet");
+    let mut s = answered(snapshot(&[priced()], &b), &first.asks[..1], Answer::Exceeds);
+    s = answered(s, &first.asks[1..], Answer::SetAside);
+    let second = run(s.clone(), &b);
+    assert_eq!(second.asks, [ask("b2", "a", "r2", 450)]);
+    let third = run(answered(s, &second.asks, Answer::SetAside), &b);
+    assert!(third.asks.is_empty());
+    assert!(event(&third.outcomes[2]).is_accepted());
+    let refunded: Vec<(&str, &str, StepKind)> = third
+        .refunds
+        .iter()
+        .map(|r| (r.budget_id.as_str(), r.reservation_id.as_str(), r.kind))
+        .collect();
+    assert_eq!(
+        refunded,
+        [("b", "r1", StepKind::Refund), ("b", "r2", StepKind::Refund)]
+    );
+}
+
+#[test]
+fn a_resource_remembers_every_budget_it_was_paid_from() {
+    let state = crate::domain::testing::given(&[
+        priced(),
+        define_priced("d2", 10, None, paid_from("b2")),
+        define_priced("d3", 10, None, paid_from("b")),
+        define_priced("d4", 10, None, BudgetChange::Detach),
+    ])
+    .state();
+    let r = state.resource.unwrap();
+    assert_eq!(r.budget_id, None);
+    assert_eq!(r.former_budgets, [bud("b"), bud("b2")]);
+}
