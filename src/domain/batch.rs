@@ -358,16 +358,20 @@ pub fn decide_batch<E: Clone>(
     let records = take(fresh);
     let conflicts = take(conflicted);
     let (holds_added, holds_removed) = due_index(&accepted, &state);
-    let former = state
-        .resource
-        .as_ref()
-        .map_or(&[][..], |r| r.former_budgets.as_slice());
+    // The budgets the resource left (not the one it is back on, if any).
+    let former: Vec<&BudgetId> = state.resource.as_ref().map_or(Vec::new(), |r| {
+        let current = r.budget_id.as_ref();
+        r.former_budgets
+            .iter()
+            .filter(|b| Some(*b) != current)
+            .collect()
+    });
     let refunds = batch
         .iter()
         .filter_map(|s| Some((s.command.customer()?, &s.command.command_id)))
         .flat_map(|(customer, id)| {
             former.iter().map(|budget| BudgetStep {
-                budget_id: budget.clone(),
+                budget_id: (*budget).clone(),
                 customer_id: customer.clone(),
                 resource_id: resource_id.clone(),
                 reservation_id: id.clone(),

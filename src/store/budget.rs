@@ -24,6 +24,16 @@ use std::collections::{BTreeMap, HashMap};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+/// What a `define_budget` reads: the setup marker, the budget, the
+/// command's record, Redis's `TIME` and the command's `applied` entry.
+type BudgetReads = (
+    bool,
+    Option<String>,
+    Option<String>,
+    (i64, i64),
+    Option<String>,
+);
+
 /// The field of a spending hash that holds the customer's total.
 const SPENT: &str = "spent";
 
@@ -243,13 +253,8 @@ impl Store {
         pipe.exists(marker).get(state_key).get(record_key);
         pipe.cmd("TIME");
         pipe.hget(&applied_key, command.command_id.as_str());
-        let (initialised, state, record, (secs, micros), applied): (
-            bool,
-            Option<String>,
-            Option<String>,
-            (i64, i64),
-            Option<String>,
-        ) = pipe.query_async(&mut **conn).await?;
+        let (initialised, state, record, (secs, micros), applied): BudgetReads =
+            pipe.query_async(&mut **conn).await?;
         if !initialised {
             return Err(StoreError::Uninitialised {
                 key: marker.to_string(),

@@ -375,3 +375,90 @@ async fn verify_names_a_tampered_holding_reserved_count_or_budget() {
     assert!(text.contains("1 differ"), "{text}");
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_define_budget_redelivered_after_its_record_expired_is_replayed_not_decided_again() {
+    let mut app = TestApp::with(|s| s.redis.idempotency_retention_secs = 1).await;
+    app.start_worker();
+    app.send(&define_budget("b1", "fest", 10)).await;
+    let first = app.budget_outcome("b1").await;
+    app.send(&define_budget("b2", "fest", 20)).await;
+    app.budget_outcome("b2").await;
+    let record = app
+        .store
+        .keys()
+        .budget_record(&budget_id("fest"), &"b1".try_into().unwrap());
+    let conn = redis::Client::open(app.settings.redis.url.expose())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    eventually("b1's record to expire", || {
+        let (record, mut conn) = (record.clone(), conn.clone());
+        async move {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(&record)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (!exists).then_some(())
+        }
+    })
+    .await;
+    app.send(&define_budget("b1", "fest", 10)).await;
+    let replayed = eventually("b1's second outcome", || async {
+        let all: Vec<_> = app
+            .budget_events()
+            .into_iter()
+            .filter(|e| e.event.command_id.as_str() == "b1")
+            .collect();
+        (all.len() == 2).then(|| all[1].clone())
+    })
+    .await;
+    assert_eq!(replayed, first, "the same event, replayed from the history");
+    let budget = app.store.budget(&budget_id("fest")).await.unwrap().unwrap();
+    assert_eq!((budget.per_customer_amount, budget.version), (20, 2));
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn money_set_aside_on_a_budget_the_resource_left_comes_back() {
+    let mut app = TestApp::new().await;
+    app.start_worker();
+    for (id, budget) in [("b1", "old"), ("b2", "new")] {
+        app.send(&define_budget(id, budget, 100)).await;
+        app.budget_outcome(id).await;
+    }
+    decided(&app, priced("d1", "gig", 10, 30, "old")).await;
+    let kept = decided(&app, reserve("r1", "gig", "u", 1)).await;
+    assert!(kept.event.is_accepted());
+    // A set-aside on `old` whose take was then decided on `new` (as when a
+    // worker died between the steps and a define moved the resource).
+    let ask = reservation_worker::domain::Ask {
+        customer_id: CustomerId::try_from("u").unwrap(),
+        resource_id: rid("gig"),
+        command_id: "r2".try_into().unwrap(),
+        amount: 30,
+    };
+    let answered = app
+        .store
+        .set_aside(&budget_id("old"), std::slice::from_ref(&ask))
+        .await
+        .unwrap();
+    assert_eq!(
+        answered,
+        Some(vec![reservation_worker::domain::Answer::SetAside])
+    );
+    decided(&app, priced("d2", "gig", 10, 30, "new")).await;
+    let moved = decided(&app, reserve("r2", "gig", "u", 1)).await;
+    assert_eq!(moved.event.details.budget_id, Some(budget_id("new")));
+    assert_eq!(
+        spent(&app, "old", "u").await,
+        30,
+        "r1's 30 stays kept on old"
+    );
+    assert_eq!(spent(&app, "new", "u").await, 30);
+    let (ok, report) = verify_all(&app.settings);
+    assert!(ok, "{report:#}");
+    app.cleanup().await;
+}

@@ -8,10 +8,17 @@ use std::time::Duration;
 pub enum Workload {
     /// Every command on one resource, capacity for nearly all of them.
     Hot,
+    /// `hot` with the resource priced and paid from one budget that lets
+    /// each customer buy at most 3 seats in total.
+    HotBudget,
     /// One resource that sells out early: most commands are rejections.
     Sellout,
     /// 10,000 resources, commands spread evenly.
     Uniform,
+    /// `uniform` with every resource priced and paid from one budget that
+    /// lets each customer buy at most 3 seats in total: every take sets
+    /// money aside, decides, settles.
+    UniformBudget,
 }
 
 /// Which replica to run.
@@ -32,7 +39,11 @@ pub struct BenchOptions {
     #[arg(long, default_value_t = 100_000)]
     pub commands: usize,
     /// Workloads to run.
-    #[arg(long, value_delimiter = ',', default_value = "hot,sellout,uniform")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "hot,hot-budget,sellout,uniform,uniform-budget"
+    )]
     pub workloads: Vec<Workload>,
     /// Replica counts to run each workload with.
     #[arg(long, value_delimiter = ',', default_values_t = [2])]

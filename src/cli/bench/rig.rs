@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reservation_worker::admin::{self, Message, Publisher, Store};
 use reservation_worker::config::Settings;
-use reservation_worker::domain::{CommandId, CustomerId, ResourceId};
+use reservation_worker::domain::{BudgetId, CommandId, CustomerId, ResourceId};
 use reservation_worker::message::CommandBody;
 use reservation_worker::producer::Events;
 use std::collections::HashMap;
@@ -83,29 +83,39 @@ pub(super) fn traffic(
 ) -> (Vec<CommandBody>, Vec<CommandBody>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let resources: Vec<ResourceId> = match workload {
-        Workload::Hot | Workload::Sellout => vec![ResourceId::try_from("hot").expect("id")],
-        Workload::Uniform => (0..10_000)
+        Workload::Hot | Workload::HotBudget | Workload::Sellout => {
+            vec![ResourceId::try_from("hot").expect("id")]
+        }
+        Workload::Uniform | Workload::UniformBudget => (0..10_000)
             .map(|i| ResourceId::try_from(format!("res-{i}")).expect("id"))
             .collect(),
     };
     let capacity = match workload {
-        Workload::Hot => u32::try_from(n * 2).unwrap_or(u32::MAX),
+        Workload::Hot | Workload::HotBudget => u32::try_from(n * 2).unwrap_or(u32::MAX),
         Workload::Sellout => u32::try_from(n / 100).unwrap_or(u32::MAX).max(1),
-        Workload::Uniform => u32::try_from(n * 2 / resources.len())
+        Workload::Uniform | Workload::UniformBudget => u32::try_from(n * 2 / resources.len())
             .unwrap_or(u32::MAX)
             .max(1),
     };
-    let defines = resources
+    // The budgeted workload: each seat costs 10, each customer may spend 30.
+    let budget = matches!(workload, Workload::HotBudget | Workload::UniformBudget)
+        .then(|| BudgetId::try_from("bench-budget").expect("id"));
+    let mut defines: Vec<CommandBody> = budget
         .iter()
-        .map(|r| CommandBody::Define {
-            command_id: CommandId::try_from(format!("define-{r}")).expect("id"),
-            resource_id: r.clone(),
-            capacity,
-            per_customer_limit: None,
-            price: None,
-            budget_id: None,
+        .map(|b| CommandBody::DefineBudget {
+            command_id: CommandId::try_from("define-budget").expect("id"),
+            budget_id: b.clone(),
+            per_customer_amount: 30,
         })
         .collect();
+    defines.extend(resources.iter().map(|r| CommandBody::Define {
+        command_id: CommandId::try_from(format!("define-{r}")).expect("id"),
+        resource_id: r.clone(),
+        capacity,
+        per_customer_limit: None,
+        price: budget.as_ref().map(|_| 10),
+        budget_id: budget.clone().map(Some),
+    }));
     let distinct = n - ((n as f64) * duplicates.clamp(0.0, 0.9)) as usize;
     let mut bodies: Vec<CommandBody> = (0..distinct)
         .map(|i| CommandBody::Reserve {

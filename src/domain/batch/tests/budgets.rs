@@ -323,7 +323,10 @@ fn money_set_aside_on_a_budget_the_resource_left_is_given_back() {
         reserve("r2", "a", 1),
     ]);
     let first = run(snapshot(&[priced()], &b), &b);
-    assert_eq!(first.asks, [ask("b", "a", "r1", 2250), ask("b", "a", "r2", 450)]);
+    assert_eq!(
+        first.asks,
+        [ask("b", "a", "r1", 2250), ask("b", "a", "r2", 450)]
+    );
     assert!(first.refunds.is_empty(), "the resource has not moved yet");
     let mut s = answered(snapshot(&[priced()], &b), &first.asks[..1], Answer::Exceeds);
     s = answered(s, &first.asks[1..], Answer::SetAside);
@@ -355,4 +358,21 @@ fn a_resource_remembers_every_budget_it_was_paid_from() {
     let r = state.resource.unwrap();
     assert_eq!(r.budget_id, None);
     assert_eq!(r.former_budgets, [bud("b"), bud("b2")]);
+}
+
+#[test]
+fn a_resource_back_on_a_budget_refunds_only_the_one_it_left() {
+    let history = [
+        priced(),
+        define_priced("d2", 10, None, paid_from("b2")),
+        define_priced("d3", 10, None, paid_from("b")),
+    ];
+    let b = batch([reserve("r1", "a", 1)]);
+    let d = run(snapshot(&history, &b), &b);
+    let d = run(
+        answered(snapshot(&history, &b), &d.asks, Answer::SetAside),
+        &b,
+    );
+    let refunded: Vec<&str> = d.refunds.iter().map(|r| r.budget_id.as_str()).collect();
+    assert_eq!(refunded, ["b2"]);
 }
