@@ -346,7 +346,8 @@ mod tests {
                 "dead_letters": {"queue": "reservations.commands.dead", "ready": 0, "consumers": 0},
                 "resource": {
                     "resource_id": "concert-42", "defined": true, "capacity": 1000,
-                    "reserved": 4, "held": 0, "remaining": 996, "per_customer_limit": 4, "version": 3
+                    "reserved": 4, "held": 0, "remaining": 996, "per_customer_limit": 4,
+                    "price": 0, "budget_id": null, "version": 3
                 }
             })
         );
