@@ -230,23 +230,7 @@ where
 
 /// An optional amount of money: an integer in `0..=MAX_AMOUNT`.
 fn amount(f: &Fields, key: Key) -> Result<Option<u64>, String> {
-    let raw = match f.get(key) {
-        None => return Ok(None),
-        Some(raw) if raw.get() == "null" => return Ok(None),
-        Some(raw) => raw,
-    };
-    Some(raw.get())
-        .filter(|json| json.starts_with(|c: char| c == '-' || c.is_ascii_digit()))
-        .and_then(|json| serde_json::from_str::<u64>(json).ok())
-        .filter(|n| *n <= MAX_AMOUNT)
-        .map(Some)
-        .ok_or_else(|| {
-            format!(
-                "{} must be an integer from 0 to {MAX_AMOUNT}, got {}",
-                key.name(),
-                raw::short(raw)
-            )
-        })
+    integer(f, key, 0, MAX_AMOUNT)
 }
 
 /// An optional integer field in `min..=u32::MAX`.
@@ -254,8 +238,14 @@ fn count(f: &Fields, key: Key, min: u32) -> Result<Option<u32>, String> {
     count_in(f, key, min, u32::MAX)
 }
 
-/// An optional integer in `min..=max`.
+/// An optional integer in `min..=max`, as a `u32`.
 fn count_in(f: &Fields, key: Key, min: u32, max: u32) -> Result<Option<u32>, String> {
+    let n = integer(f, key, u64::from(min), u64::from(max))?;
+    Ok(n.map(|n| u32::try_from(n).expect("at most a u32's max")))
+}
+
+/// An optional integer in `min..=max`.
+fn integer(f: &Fields, key: Key, min: u64, max: u64) -> Result<Option<u64>, String> {
     let raw = match f.get(key) {
         None => return Ok(None),
         Some(raw) if raw.get() == "null" => return Ok(None),
@@ -267,7 +257,6 @@ fn count_in(f: &Fields, key: Key, min: u32, max: u32) -> Result<Option<u32>, Str
     Some(raw.get())
         .filter(|json| json.starts_with(|c: char| c == '-' || c.is_ascii_digit()))
         .and_then(|json| serde_json::from_str::<u64>(json).ok())
-        .and_then(|n| u32::try_from(n).ok())
         .filter(|n| (min..=max).contains(n))
         .map(Some)
         .ok_or_else(|| {

@@ -273,7 +273,13 @@ async fn verify_names_a_tampered_holding_reserved_count_or_budget() {
         .await
         .unwrap();
     let keys = app.store.keys().clone();
-    let findings = |report: &serde_json::Value| -> Vec<(String, String, String)> {
+    // Runs `tamper` on Redis, then verify (which must fail), and returns
+    // what it found as (kind, id, difference).
+    let tamperer = conn.clone();
+    let findings_after = async |tamper: redis::Cmd| -> Vec<(String, String, String)> {
+        let _: () = tamper.query_async(&mut tamperer.clone()).await.unwrap();
+        let (ok, report) = verify_all(&app.settings);
+        assert!(!ok, "{report:#}");
         report["findings"]
             .as_array()
             .unwrap()
@@ -289,34 +295,30 @@ async fn verify_names_a_tampered_holding_reserved_count_or_budget() {
             })
             .collect()
     };
+    let finding = |kind: &str, id: &str, what: &str| vec![(kind.into(), id.into(), what.into())];
+    let hset = |key: String, field: &str, value: u64| {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(key).arg(field).arg(value);
+        cmd
+    };
+    let set = |key: &str, value: &str| {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value);
+        cmd
+    };
 
     // A holding.
-    let _: () = redis::cmd("HSET")
-        .arg(keys.holdings(&rid("gig")))
-        .arg("u")
-        .arg(3)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let (ok, report) = verify_all(&app.settings);
-    assert!(!ok);
+    let holdings = keys.holdings(&rid("gig"));
     assert_eq!(
-        findings(&report),
-        [(
-            "resource".into(),
-            "gig".into(),
-            "holding of customer u: history says 2, stored 3".into()
-        )]
+        findings_after(hset(holdings.clone(), "u", 3)).await,
+        finding(
+            "resource",
+            "gig",
+            "holding of customer u: history says 2, stored 3"
+        )
     );
-    let _: () = redis::cmd("HSET")
-        .arg(keys.holdings(&rid("gig")))
-        .arg("u")
-        .arg(2)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
 
-    // The reserved count.
+    // The reserved count (the holding put back).
     let state_key = keys.state(&rid("gig"));
     let json: String = redis::cmd("GET")
         .arg(&state_key)
@@ -325,47 +327,22 @@ async fn verify_names_a_tampered_holding_reserved_count_or_budget() {
         .unwrap();
     let mut state: serde_json::Value = serde_json::from_str(&json).unwrap();
     state["reserved"] = 1.into();
-    let _: () = redis::cmd("SET")
-        .arg(&state_key)
-        .arg(state.to_string())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let (ok, report) = verify_all(&app.settings);
-    assert!(!ok);
+    let _: () = hset(holdings, "u", 2).query_async(&mut conn).await.unwrap();
     assert_eq!(
-        findings(&report),
-        [(
-            "resource".into(),
-            "gig".into(),
-            "reserved: history says 3, stored 1".into()
-        )]
+        findings_after(set(&state_key, &state.to_string())).await,
+        finding("resource", "gig", "reserved: history says 3, stored 1")
     );
-    let _: () = redis::cmd("SET")
-        .arg(&state_key)
-        .arg(&json)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
 
-    // A budget's spending.
+    // A budget's spending (the state put back).
+    let _: () = set(&state_key, &json).query_async(&mut conn).await.unwrap();
     let spend_key = keys.spending(&budget_id("fest"), &CustomerId::try_from("v").unwrap());
-    let _: () = redis::cmd("HSET")
-        .arg(&spend_key)
-        .arg("spent")
-        .arg(0)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let (ok, report) = verify_all(&app.settings);
-    assert!(!ok);
     assert_eq!(
-        findings(&report),
-        [(
-            "budget".into(),
-            "fest".into(),
-            "customer v: spent is 0 but their entries add up to 10".into()
-        )]
+        findings_after(hset(spend_key, "spent", 0)).await,
+        finding(
+            "budget",
+            "fest",
+            "customer v: spent is 0 but their entries add up to 10"
+        )
     );
     // The human form names it too, and exits 1.
     let out = cli(&app.settings, &["verify", "--all"]);
