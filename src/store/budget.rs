@@ -6,6 +6,7 @@
 //! | `P{%budget:B}:state` | string (JSON) | cap per customer, version |
 //! | `P{%budget:B}:history` | stream | every `define_budget` outcome |
 //! | `P{%budget:B}:cmd:C` | string (JSON), with TTL | `define_budget` `C`'s record |
+//! | `P{%budget:B}:applied` | hash | every accepted `define_budget`, kept for good: `version:body hash` |
 //! | `P{%budget:B}:spend:U` | hash | `spent`: customer `U`'s total; `e:[R,C]`: the entry of take `C` on resource `R` |
 //!
 //! Every step is a WATCH/MULTI transaction on the keys it reads (the
