@@ -11,7 +11,8 @@
 //! reads, these compare.
 
 use crate::domain::{
-    Budget, BudgetEvent, BudgetId, CustomerId, Event, Spending, State, Status, apply, apply_budget,
+    Budget, BudgetEvent, BudgetId, CustomerId, EntryKey, Event, ResourceId, Spending, State,
+    Status, apply, apply_budget,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -113,26 +114,30 @@ fn json(value: &impl Serialize) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// What resources recorded as spent, per budget and customer: the amounts
-/// of live reservations and holds (reserved, held, confirmed).
+/// What resources recorded as spent, per budget and customer: the amount
+/// of each live reservation and hold (reserved, held, confirmed), by its
+/// entry (resource, reservation).
+pub type RecordedSpending = BTreeMap<CustomerId, BTreeMap<EntryKey, u64>>;
+
+/// [`RecordedSpending`] of every budget.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Recorded(pub BTreeMap<BudgetId, BTreeMap<CustomerId, u64>>);
+pub struct Recorded(pub BTreeMap<BudgetId, RecordedSpending>);
 
 impl Recorded {
     /// Adds one resource's live reservations.
-    pub fn add(&mut self, state: &State) {
-        for r in state.reservations.values() {
+    pub fn add(&mut self, resource: &ResourceId, state: &State) {
+        for (id, r) in &state.reservations {
             let live = matches!(
                 r.status,
                 Status::Reserved | Status::Held | Status::Confirmed
             );
             if let (true, Some(budget), Some(amount)) = (live, &r.budget_id, r.amount) {
-                *self
-                    .0
+                self.0
                     .entry(budget.clone())
                     .or_default()
                     .entry(r.customer_id.clone())
-                    .or_default() += amount;
+                    .or_default()
+                    .insert((resource.clone(), id.clone()), amount);
             }
         }
     }
@@ -145,7 +150,7 @@ pub fn budget_differences(
     folded: Option<&Budget>,
     stored: Option<&Budget>,
     spendings: &BTreeMap<CustomerId, Spending>,
-    recorded: &BTreeMap<CustomerId, u64>,
+    recorded: &RecordedSpending,
 ) -> Vec<String> {
     let mut out = Vec::new();
     if folded != stored {
@@ -178,12 +183,30 @@ pub fn budget_differences(
                 entry.open
             ));
         }
-        let live = recorded.get(c).copied().unwrap_or(0);
-        let kept: u64 = spending.entries.values().filter_map(|e| e.kept).sum();
-        if kept != live {
-            out.push(format!(
-                "customer {c}: the budget keeps {kept} but their live reservations recorded {live}"
-            ));
+        // Entry by entry: what the budget keeps for each take is what the
+        // resource recorded for that reservation, while it is live.
+        let live = recorded.get(c).cloned().unwrap_or_default();
+        let keys: BTreeSet<&EntryKey> = live
+            .keys()
+            .chain(
+                spending
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| e.kept.is_some())
+                    .map(|(k, _)| k),
+            )
+            .collect();
+        for key in keys {
+            let kept = spending.entries.get(key).and_then(|e| e.kept);
+            let want = live.get(key).copied();
+            if kept != want {
+                let (resource, take) = key;
+                out.push(format!(
+                    "customer {c}: take {take} on {resource}: the budget keeps {}, the resource recorded {}",
+                    kept.map_or("nothing".into(), |k| k.to_string()),
+                    want.map_or("no live reservation".into(), |w| w.to_string()),
+                ));
+            }
         }
     }
     out
@@ -260,7 +283,7 @@ mod tests {
             },
         );
         let mut recorded = Recorded::default();
-        recorded.add(&state);
+        recorded.add(&crate::domain::ResourceId::try_from("r").unwrap(), &state);
         let recorded = &recorded.0[&budget("b")];
         let entry = |kept| Entry {
             open: Vec::new(),
@@ -288,7 +311,7 @@ mod tests {
         );
         assert_eq!(
             budget_differences(None, None, &spendings(20, 20), recorded),
-            ["customer u: the budget keeps 20 but their live reservations recorded 30"]
+            ["customer u: take c on r: the budget keeps 20, the resource recorded 30"]
         );
     }
 }

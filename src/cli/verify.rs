@@ -5,10 +5,11 @@
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use reservation_worker::admin::Store;
-use reservation_worker::audit::{self, Finding, Recorded};
+use reservation_worker::admin::{Store, StoreError};
+use reservation_worker::audit::{self, Finding, Recorded, RecordedSpending};
 use reservation_worker::config::Settings;
-use reservation_worker::domain::ResourceId;
+use reservation_worker::domain::{BudgetId, ResourceId};
+use reservation_worker::telemetry::chain;
 use std::io::IsTerminal as _;
 
 /// Verifies `resources`, or with `all` every resource and every budget.
@@ -33,7 +34,7 @@ pub async fn run(
             .map(|r| ResourceId::try_from(r.as_str()).context("RESOURCE"))
             .collect::<anyhow::Result<_>>()?
     };
-    let budgets = if all {
+    let mut budgets = if all {
         store.budgets().await.with_context(reading)?
     } else {
         Vec::new()
@@ -43,10 +44,10 @@ pub async fn run(
     let mut recorded = Recorded::default();
     for id in &ids {
         bar.set_message(id.to_string());
-        let history = store.history(id).await.with_context(reading)?;
-        let folded = audit::fold(history.iter().map(|e| &e.event), None);
-        let stored = store.stored_state(id).await.with_context(reading)?;
-        let differences = audit::resource_differences(&folded, &stored);
+        let differences = match check_resource(&store, id, &mut recorded).await {
+            Ok(differences) => differences,
+            Err(e) => vec![format!("cannot be read: {}", chain(&e))],
+        };
         if !differences.is_empty() {
             findings.push(Finding {
                 kind: "resource",
@@ -54,20 +55,25 @@ pub async fn run(
                 differences,
             });
         }
-        recorded.add(&folded);
         bar.inc(1);
+    }
+    if all {
+        // Budgets the resources name but whose state is gone are checked
+        // too: their books cannot agree.
+        for budget in recorded.0.keys() {
+            if !budgets.contains(budget) {
+                budgets.push(budget.clone());
+                bar.inc_length(1);
+            }
+        }
     }
     for budget in &budgets {
         bar.set_message(budget.to_string());
-        let history = store.budget_history(budget).await.with_context(reading)?;
-        let stored = store.budget(budget).await.with_context(reading)?;
-        let spendings = store.spendings(budget).await.with_context(reading)?;
-        let differences = audit::budget_differences(
-            audit::fold_budget(&history).as_ref(),
-            stored.as_ref(),
-            &spendings,
-            recorded.0.get(budget).unwrap_or(&Default::default()),
-        );
+        let mine = recorded.0.get(budget).cloned().unwrap_or_default();
+        let differences = match check_budget(&store, budget, &mine).await {
+            Ok(differences) => differences,
+            Err(e) => vec![format!("cannot be read: {}", chain(&e))],
+        };
         if !differences.is_empty() {
             findings.push(Finding {
                 kind: "budget",
@@ -105,6 +111,38 @@ pub async fn run(
         );
     }
     Ok(findings.is_empty())
+}
+
+/// One resource: its history folded against its stored state; its live
+/// reservations go into `recorded` for the budgets' check.
+async fn check_resource(
+    store: &Store,
+    id: &ResourceId,
+    recorded: &mut Recorded,
+) -> Result<Vec<String>, StoreError> {
+    let history = store.history(id).await?;
+    let folded = audit::fold(history.iter().map(|e| &e.event), None);
+    let stored = store.stored_state(id).await?;
+    recorded.add(id, &folded);
+    Ok(audit::resource_differences(&folded, &stored))
+}
+
+/// One budget: its cap against its history, its books against what its
+/// resources recorded.
+async fn check_budget(
+    store: &Store,
+    budget: &BudgetId,
+    recorded: &RecordedSpending,
+) -> Result<Vec<String>, StoreError> {
+    let history = store.budget_history(budget).await?;
+    let stored = store.budget(budget).await?;
+    let spendings = store.spendings(budget).await?;
+    Ok(audit::budget_differences(
+        audit::fold_budget(&history).as_ref(),
+        stored.as_ref(),
+        &spendings,
+        recorded,
+    ))
 }
 
 /// A progress bar on a terminal, nothing otherwise.

@@ -366,9 +366,13 @@ pub fn decide_batch<E: Clone>(
             .filter(|b| Some(*b) != current)
             .collect()
     });
+    // Not for a body that reused another's id: its refund could drop the
+    // money of the id's own take before that take's keep.
     let refunds = batch
         .iter()
-        .filter_map(|s| Some((s.command.customer()?, &s.command.command_id)))
+        .zip(&outcomes)
+        .filter(|(_, o)| !matches!(o, Outcome::Conflict(_)))
+        .filter_map(|(s, _)| Some((s.command.customer()?, &s.command.command_id)))
         .flat_map(|(customer, id)| {
             former.iter().map(|budget| BudgetStep {
                 budget_id: (*budget).clone(),

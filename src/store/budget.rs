@@ -64,7 +64,7 @@ impl Store {
         }
         let mut conn = self.pool.get().await?;
         let result = async {
-            let before = self.load_ledger(&mut conn, budget, &wanted).await?;
+            let before = self.load_ledger(&mut conn, budget, &wanted, true).await?;
             let mut ledger = before.clone();
             let answers = ledger.set_aside(asks);
             let written = self
@@ -90,7 +90,9 @@ impl Store {
         }
         let mut conn = self.pool.get().await?;
         let result = async {
-            let before = self.load_ledger(&mut conn, budget, &wanted).await?;
+            // Settling never looks at the cap: a budget whose state cannot
+            // be read still gives money back.
+            let before = self.load_ledger(&mut conn, budget, &wanted, false).await?;
             let mut ledger = before.clone();
             ledger.settle(steps);
             self.write_ledger(&mut conn, budget, &before, &ledger).await
@@ -106,9 +108,10 @@ impl Store {
         conn: &mut deadpool_redis::Connection,
         budget: &BudgetId,
         wanted: &BTreeMap<&CustomerId, Vec<EntryKey>>,
+        with_cap: bool,
     ) -> Result<Ledger, StoreError> {
         let keys = &self.keys;
-        let marker = keys.marker_of_any();
+        let marker = keys.budget_marker(budget);
         let state_key = keys.budget(budget);
         let spend_keys: Vec<String> = wanted.keys().map(|c| keys.spending(budget, c)).collect();
         let mut pipe = redis::pipe();
@@ -134,6 +137,7 @@ impl Store {
         let state: Option<String> = parse(next(), &state_key)?;
         let mut ledger = Ledger {
             budget: state
+                .filter(|_| with_cap)
                 .map(|json| {
                     serde_json::from_str::<Budget>(&json).map_err(|e| corrupt(&state_key, e))
                 })
@@ -214,7 +218,7 @@ impl Store {
     ) -> Result<Option<Outcome<OutgoingEvent>>, StoreError> {
         let keys = &self.keys;
         let budget = &command.budget_id;
-        let marker = keys.marker_of_any();
+        let marker = keys.budget_marker(budget);
         let (state_key, record_key) = (
             keys.budget(budget),
             keys.budget_record(budget, &command.command_id),

@@ -72,6 +72,11 @@ impl Keys {
         self.marker_of_any()
     }
 
+    /// The setup marker a budget's transactions read under their WATCH.
+    pub fn budget_marker(&self, _b: &BudgetId) -> String {
+        self.marker_of_any()
+    }
+
     /// The marker, where one key serves every resource (a single Redis).
     pub fn marker_of_any(&self) -> String {
         format!("{}{{%setup}}:initialised", self.prefix)

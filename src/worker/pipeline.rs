@@ -330,8 +330,15 @@ impl Pipeline {
         }
         for (budget, steps) in by_budget {
             self.retrying(|| async {
-                let settled = self.store.settle(budget, &steps).await?;
-                Ok(settled.then_some(()))
+                match self.store.settle(budget, &steps).await {
+                    Ok(settled) => Ok(settled.then_some(())),
+                    // The outcomes are committed: their commands must never
+                    // be dead-lettered before their events go out, so even
+                    // a budget that cannot be read is waited for (an
+                    // operator repairs it; `verify` names it).
+                    Err(e) if !e.is_transient() => Err(StoreError::Unavailable(Box::new(e))),
+                    Err(e) => Err(e),
+                }
             })
             .await?;
         }

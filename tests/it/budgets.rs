@@ -344,12 +344,25 @@ async fn verify_names_a_tampered_holding_reserved_count_or_budget() {
             "customer v: spent is 0 but their entries add up to 10"
         )
     );
+    // A key that cannot be read is named, and the rest still verified.
+    let reservations = keys.reservations(&rid("gig"));
+    let mut corrupt = redis::cmd("HSET");
+    corrupt.arg(&reservations).arg("r").arg("not json");
+    let found = findings_after(corrupt).await;
+    assert!(
+        found.iter().any(|(kind, id, what)| kind == "resource"
+            && id == "gig"
+            && what.starts_with("cannot be read")),
+        "{found:?}"
+    );
+    assert!(found.iter().any(|(kind, ..)| kind == "budget"), "{found:?}");
+
     // The human form names it too, and exits 1.
     let out = cli(&app.settings, &["verify", "--all"]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("budget fest:"), "{text}");
-    assert!(text.contains("1 differ"), "{text}");
+    assert!(text.contains("2 differ"), "{text}");
     app.cleanup().await;
 }
 

@@ -376,3 +376,21 @@ fn a_resource_back_on_a_budget_refunds_only_the_one_it_left() {
     let refunded: Vec<&str> = d.refunds.iter().map(|r| r.budget_id.as_str()).collect();
     assert_eq!(refunded, ["b2"]);
 }
+
+#[test]
+fn a_reused_id_refunds_nothing_on_a_budget_the_resource_left() {
+    // Its refund could drop the money of the id's own take before that
+    // take's keep: only decided and replayed takes refund former budgets.
+    let moved = [priced(), define_priced("d2", 10, None, paid_from("b2"))];
+    let first = batch([reserve("r1", "a", 2)]);
+    let s = snapshot(&moved, &first);
+    let asks = run(s.clone(), &first).asks;
+    let decided = run(answered(s, &asks, Answer::SetAside), &first);
+    assert_eq!(decided.refunds.len(), 1, "the decided take refunds b");
+    let b = batch([reserve("r1", "a", 1)]);
+    let mut s = snapshot(&moved, &b);
+    s.records = decided.changes.records.iter().cloned().collect();
+    let d = run(s, &b);
+    assert_eq!(reason(&d.outcomes[0]), Some(Reason::IdempotencyConflict));
+    assert!(d.refunds.is_empty(), "{:?}", d.refunds);
+}
