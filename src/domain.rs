@@ -22,7 +22,7 @@ mod testing;
 
 pub use batch::{
     Applied, ChangeSet, Conflict, Decision, DueHold, Holding, MAX_STORED_CONFLICTS, Outcome, Reads,
-    Record, Snapshot, Submission, decide_batch, reads,
+    Record, Snapshot, Submission, decide_batch, reads, remembered,
 };
 pub use budget::{
     Answer, Ask, Budget, BudgetCommand, BudgetEvent, BudgetStep, Entry, EntryKey, Funds, Ledger,

@@ -335,14 +335,22 @@ impl Store {
 
     /// The resource's event history, oldest first, as stored.
     pub async fn history(&self, resource: &ResourceId) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.stream_events(&self.keys.history(resource)).await
+    }
+
+    /// Every event of a history stream, oldest first, read in pages so
+    /// Redis keeps serving while a long history is read.
+    async fn stream_events<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Vec<T>, StoreError> {
         const PAGE: usize = 1000;
-        let key = self.keys.history(resource);
         let mut conn = self.pool.get().await?;
         let mut events = Vec::new();
         let mut start = "-".to_string();
         loop {
             let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&key)
+                .arg(key)
                 .arg(&start)
                 .arg("+")
                 .arg("COUNT")
@@ -353,8 +361,8 @@ impl Store {
             for entry in page.ids {
                 let body: String = entry
                     .get("event")
-                    .ok_or_else(|| corrupt(&key, format!("entry {} has no event", entry.id)))?;
-                events.push(serde_json::from_str(&body).map_err(|e| corrupt(&key, e))?);
+                    .ok_or_else(|| corrupt(key, format!("entry {} has no event", entry.id)))?;
+                events.push(serde_json::from_str(&body).map_err(|e| corrupt(key, e))?);
                 start = format!("({}", entry.id);
             }
             if n < PAGE {

@@ -245,6 +245,32 @@ pub struct Decision<E> {
     pub refunds: Vec<BudgetStep>,
 }
 
+/// What a stored record makes of a delivery whose body hashes to `hash`:
+/// the replay of its event, the conflict stored for that body, or a new
+/// conflict (made by `conflict`), remembered in the record while it has
+/// room. The flag says whether the record changed (and must be written).
+pub fn remembered<E: Clone>(
+    record: &mut Record<E>,
+    hash: &str,
+    conflict: impl FnOnce() -> E,
+) -> (Outcome<E>, bool) {
+    if record.hash == hash {
+        return (Outcome::Replayed(record.event.clone()), false);
+    }
+    if let Some(stored) = record.conflicts.iter().find(|c| c.hash == hash) {
+        return (Outcome::Conflict(stored.event.clone()), false);
+    }
+    let event = conflict();
+    let room = record.conflicts.len() < MAX_STORED_CONFLICTS;
+    if room {
+        record.conflicts.push(Conflict {
+            hash: hash.to_owned(),
+            event: event.clone(),
+        });
+    }
+    (Outcome::Conflict(event), room)
+}
+
 /// Decides `batch` in order against `snapshot`, each command seeing the
 /// state the previous ones left, at the snapshot's `now`. First, every hold
 /// that has run out expires, so its seats are for sale to the batch. `seal`
@@ -284,23 +310,14 @@ pub fn decide_batch<E: Clone>(
     for s in batch {
         let id = &s.command.command_id;
         let outcome = match records.get_mut(id) {
-            Some(record) if record.hash == s.body_hash => Outcome::Replayed(record.event.clone()),
-            Some(record) => match record.conflicts.iter().find(|c| c.hash == s.body_hash) {
-                Some(stored) => Outcome::Conflict(stored.event.clone()),
-                None => {
-                    let event = seal(idempotency_conflict(&state, &s.command));
-                    if record.conflicts.len() < MAX_STORED_CONFLICTS {
-                        record.conflicts.push(Conflict {
-                            hash: s.body_hash.clone(),
-                            event: event.clone(),
-                        });
-                        if !fresh.contains(&id) && !conflicted.contains(&id) {
-                            conflicted.push(id);
-                        }
-                    }
-                    Outcome::Conflict(event)
+            Some(record) => {
+                let conflict = || seal(idempotency_conflict(&state, &s.command));
+                let (outcome, changed) = remembered(record, &s.body_hash, conflict);
+                if changed && !fresh.contains(&id) && !conflicted.contains(&id) {
+                    conflicted.push(id);
                 }
-            },
+                outcome
+            }
             None => {
                 let paid =
                     cost(&state, &s.command).map(|(budget_id, amount)| match funds.get(id) {

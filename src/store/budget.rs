@@ -13,11 +13,12 @@
 //! setup marker, the cap, the customers' spending), so two workers
 //! spending one customer's money at once cannot both pass the cap.
 
-use super::error::corrupt;
+use super::error::{corrupt, parse};
 use super::{Store, StoreError};
 use crate::domain::{
     Answer, Ask, Budget, BudgetCommand, BudgetEvent, BudgetId, BudgetStep, CustomerId, Entry,
     EntryKey, Ledger, Outcome, Record, Spending, apply_budget, budget_conflict, decide_budget,
+    remembered,
 };
 use crate::message::OutgoingEvent;
 use redis::Value;
@@ -284,32 +285,21 @@ impl Store {
         let mut tx = redis::pipe();
         tx.atomic();
         let outcome = match record.as_mut() {
-            Some(r) if r.hash == body_hash => {
-                redis::cmd("UNWATCH").exec_async(&mut **conn).await?;
-                return Ok(Some(Outcome::Replayed(r.event.clone())));
-            }
-            Some(r) => match r.conflicts.iter().find(|c| c.hash == body_hash) {
-                Some(c) => {
+            Some(r) => {
+                let conflict = || seal(budget_conflict(current.as_ref(), command));
+                let (outcome, changed) = remembered(r, body_hash, conflict);
+                if !changed {
                     redis::cmd("UNWATCH").exec_async(&mut **conn).await?;
-                    return Ok(Some(Outcome::Conflict(c.event.clone())));
+                    return Ok(Some(outcome));
                 }
-                None => {
-                    let event = seal(budget_conflict(current.as_ref(), command));
-                    if r.conflicts.len() < crate::domain::MAX_STORED_CONFLICTS {
-                        r.conflicts.push(crate::domain::Conflict {
-                            hash: body_hash.to_string(),
-                            event: event.clone(),
-                        });
-                        let json = serde_json::to_string(&r).expect("plain struct");
-                        tx.cmd("SET")
-                            .arg(record_key)
-                            .arg(json)
-                            .arg("KEEPTTL")
-                            .ignore();
-                    }
-                    Outcome::Conflict(event)
-                }
-            },
+                let json = serde_json::to_string(&r).expect("plain struct");
+                tx.cmd("SET")
+                    .arg(record_key)
+                    .arg(json)
+                    .arg("KEEPTTL")
+                    .ignore();
+                outcome
+            }
             None => {
                 let decided = decide_budget(current.as_ref(), command);
                 let after = apply_budget(current.clone(), &decided);
@@ -433,25 +423,10 @@ impl Store {
 
     /// A budget's `define_budget` outcomes, oldest first.
     pub async fn budget_history(&self, budget: &BudgetId) -> Result<Vec<BudgetEvent>, StoreError> {
-        let key = self.keys.budget_history(budget);
-        let mut conn = self.pool.get().await?;
-        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&key)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut *conn)
+        let envelopes: Vec<crate::message::BudgetEnvelope> = self
+            .stream_events(&self.keys.budget_history(budget))
             .await?;
-        page.ids
-            .iter()
-            .map(|entry| {
-                let body: String = entry
-                    .get("event")
-                    .ok_or_else(|| corrupt(&key, format!("entry {} has no event", entry.id)))?;
-                let envelope: crate::message::BudgetEnvelope =
-                    serde_json::from_str(&body).map_err(|e| corrupt(&key, e))?;
-                Ok(envelope.event)
-            })
-            .collect()
+        Ok(envelopes.into_iter().map(|e| e.event).collect())
     }
 
     /// Every key matching `pattern`, by SCAN (never KEYS: Redis keeps
@@ -490,9 +465,4 @@ fn discard_on_error<T>(
         drop(deadpool_redis::Connection::take(conn));
     }
     result
-}
-
-/// A reply as `T`, or the key it came from is unreadable.
-fn parse<T: redis::FromRedisValue>(value: Value, key: &str) -> Result<T, StoreError> {
-    redis::from_redis_value(value).map_err(|e| corrupt(key, e))
 }

@@ -114,6 +114,11 @@ impl From<PoolError> for StoreError {
     }
 }
 
+/// A reply as `T`, or the key it came from is unreadable.
+pub fn parse<T: redis::FromRedisValue>(value: redis::Value, key: &str) -> Result<T, StoreError> {
+    redis::from_redis_value(value).map_err(|e| corrupt(key, e))
+}
+
 /// `key` holds something unreadable.
 pub fn corrupt(key: &str, source: impl Into<Cause>) -> StoreError {
     StoreError::Corrupt {

@@ -1,7 +1,7 @@
 //! One optimistic transaction on one resource: WATCH and load a snapshot,
 //! then commit a change set with MULTI/EXEC.
 
-use super::error::{StoreError, corrupt};
+use super::error::{StoreError, corrupt, parse};
 use super::keys::Keys;
 use crate::domain::{
     Applied, ChangeSet, CommandId, DueHold, Holding, Millis, Reads, Record, Resource, ResourceId,
@@ -469,11 +469,6 @@ fn parse_applied(entry: &str, key: &str) -> Result<Applied, StoreError> {
             })
         })
         .ok_or_else(|| corrupt(key, format!("entry {entry:?} is not version:hash")))
-}
-
-/// A reply as `T`, or the key it came from is unreadable.
-fn parse<T: redis::FromRedisValue>(value: Value, key: &str) -> Result<T, StoreError> {
-    redis::from_redis_value(value).map_err(|e| corrupt(key, e))
 }
 
 /// A stored JSON value as `T`, or `key` is unreadable.
