@@ -122,9 +122,19 @@ pub struct RedisSettings {
     /// The client certificate's private key (PEM).
     #[serde(default, deserialize_with = "path_or_empty")]
     pub tls_key_file: Option<PathBuf>,
+    /// Whether `url` names the seed nodes of a Redis Cluster.
+    #[serde(default)]
+    pub cluster: bool,
+    /// Replicas that must have a commit before its events go out (`WAIT`);
+    /// unset: 1 on a Redis Cluster, 0 on a single Redis.
+    #[serde(default)]
+    pub wait_replicas: Option<u32>,
+    /// How long a commit waits for its replicas.
+    #[serde(default = "default_wait_timeout_ms")]
+    pub wait_timeout_ms: u64,
     /// Prefix of every key.
     pub key_prefix: String,
-    /// Transaction connections.
+    /// Transaction connections (per master, on a Redis Cluster).
     pub pool_size: usize,
     /// Idempotency record lifetime.
     pub idempotency_retention_secs: u64,
@@ -271,6 +281,23 @@ impl RedisSettings {
             key: self.tls_key_file.as_deref(),
         }
     }
+}
+
+impl RedisSettings {
+    /// Replicas each commit waits for: [`Self::wait_replicas`], or its
+    /// default for the kind of Redis.
+    pub fn replicas_to_wait(&self) -> u32 {
+        self.wait_replicas.unwrap_or(u32::from(self.cluster))
+    }
+
+    /// [`Self::wait_timeout_ms`] as a duration.
+    pub fn wait_timeout(&self) -> Duration {
+        Duration::from_millis(self.wait_timeout_ms)
+    }
+}
+
+fn default_wait_timeout_ms() -> u64 {
+    2000
 }
 
 impl AmqpSettings {

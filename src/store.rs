@@ -35,6 +35,7 @@ mod budget;
 mod due;
 mod error;
 mod keys;
+mod route;
 mod transaction;
 
 pub use due::DueEntry;
@@ -45,11 +46,12 @@ pub use transaction::{Commit, Transaction};
 use crate::config::RedisSettings;
 use crate::domain::{BudgetId, CommandId, CustomerId, Resource, ResourceId, State};
 use crate::message::EventEnvelope;
-use deadpool_redis::{Hook, HookError, Pool, Runtime};
 use error::corrupt;
 use redis::IntoConnectionInfo;
+use route::{Conn, Dialer, Router};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A resource as `inspect` shows it.
@@ -95,16 +97,19 @@ impl Summary {
     }
 }
 
-/// The Redis side of the worker: a pool of connections and the key layout.
+/// The Redis side of the worker: connections to the one Redis or to each
+/// master of a Redis Cluster, and the key layout.
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool,
+    router: Arc<Router>,
     keys: Keys,
     retention_secs: u64,
+    wait_replicas: u32,
+    wait_timeout: Duration,
 }
 
 impl Store {
-    /// A store over a new connection pool. Connections are opened lazily.
+    /// A store over new connection pools. Connections are opened lazily.
     pub fn new(redis: &RedisSettings) -> anyhow::Result<Store> {
         Self::named(redis, None)
     }
@@ -113,59 +118,41 @@ impl Store {
     /// (`CLIENT SETNAME`), so `CLIENT LIST` shows which replica owns it.
     pub fn named(redis: &RedisSettings, client_name: Option<&str>) -> anyhow::Result<Store> {
         crate::tls::install_crypto();
-        let info = redis.url.expose().into_connection_info()?;
         // `rediss://` is TLS: verified against `redis.tls_ca_file` when given,
         // else the system's roots; it never falls back to plaintext.
         let tls = redis.tls();
-        let client = if tls.any() {
-            let files = tls.read()?;
-            let certificates = redis::TlsCertificates {
-                client_tls: files.identity.map(|(client_cert, client_key)| {
-                    redis::ClientTlsConfig {
-                        client_cert,
-                        client_key,
-                    }
-                }),
-                root_cert: files.ca,
+        let files = if tls.any() { Some(tls.read()?) } else { None };
+        let mut seeds = Vec::new();
+        for url in redis.url.expose().split(',').map(str::trim) {
+            let info = url.into_connection_info()?;
+            let client = match &files {
+                Some(files) => {
+                    let certificates = redis::TlsCertificates {
+                        client_tls: files.identity.clone().map(|(client_cert, client_key)| {
+                            redis::ClientTlsConfig {
+                                client_cert,
+                                client_key,
+                            }
+                        }),
+                        root_cert: files.ca.clone(),
+                    };
+                    redis::Client::build_with_tls(info, certificates)?
+                }
+                None => redis::Client::open(info)?,
             };
-            redis::Client::build_with_tls(info, certificates)?
-        } else {
-            redis::Client::open(info)?
-        };
-        let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())?;
-        let mut builder = Pool::builder(manager)
-            .config(deadpool_redis::PoolConfig {
-                max_size: redis.pool_size,
-                timeouts: deadpool_redis::Timeouts {
-                    wait: Some(Duration::from_secs(5)),
-                    create: Some(Duration::from_secs(5)),
-                    recycle: Some(Duration::from_secs(5)),
-                },
-                ..Default::default()
-            })
-            .runtime(Runtime::Tokio1);
-        if let Some(name) = client_name {
-            // Redis client names cannot contain spaces.
-            let name: String = name
-                .chars()
-                .map(|c| if c.is_whitespace() { '_' } else { c })
-                .collect();
-            builder = builder.post_create(Hook::async_fn(move |conn, _| {
-                let name = name.clone();
-                Box::pin(async move {
-                    redis::cmd("CLIENT")
-                        .arg("SETNAME")
-                        .arg(&name)
-                        .exec_async(conn)
-                        .await
-                        .map_err(HookError::Backend)
-                })
-            }));
+            seeds.push(client.get_connection_info().clone());
         }
+        let dialer = Dialer {
+            seeds,
+            pool_size: redis.pool_size,
+            client_name: client_name.map(str::to_owned),
+        };
         Ok(Store {
-            pool: builder.build()?,
-            keys: Keys::new(redis.key_prefix.clone()),
+            router: Arc::new(Router::new(dialer, redis.cluster)?),
+            keys: Keys::for_cluster(redis.key_prefix.clone(), redis.cluster),
             retention_secs: redis.idempotency_retention_secs,
+            wait_replicas: redis.replicas_to_wait(),
+            wait_timeout: redis.wait_timeout(),
         })
     }
 
@@ -174,82 +161,181 @@ impl Store {
         &self.keys
     }
 
-    /// Whether Redis answers a PING.
+    /// Whether Redis answers a PING (every master of a cluster).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool.get().await?;
-        redis::cmd("PING").exec_async(&mut *conn).await?;
+        for (node, _) in self.router.masters().await? {
+            let mut conn = self.router.side_of(&node).await?;
+            redis::cmd("PING").exec_async(&mut conn).await?;
+        }
         Ok(())
     }
 
     /// Whether transactions can commit: the setup marker is there and
     /// Redis takes a write (it is not loading, a replica, out of memory,
-    /// failing to save, or refusing the credentials).
+    /// failing to save, or refusing the credentials). On a cluster, every
+    /// master is asked, for the marker of the first slot it owns: a master
+    /// that lost its data lost every marker of its slots.
     pub async fn check(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool.get().await?;
-        let marker = self.keys.marker_of_any();
-        let (initialised,): (bool,) = redis::pipe()
-            .exists(&marker)
-            .set_ex(self.keys.probe(), "1", 60)
-            .ignore()
-            .query_async(&mut *conn)
-            .await?;
-        if initialised {
-            Ok(())
-        } else {
-            Err(StoreError::Uninitialised { key: marker })
+        for (node, slots) in self.router.masters().await? {
+            let (marker, probe) = if self.keys.is_cluster() {
+                let first = slots.first().copied().unwrap_or(0);
+                (self.keys.slot_marker(first), self.keys.slot_probe(first))
+            } else {
+                (self.keys.marker_of_any(), self.keys.probe())
+            };
+            let mut conn = self.router.side_of(&node).await?;
+            let (initialised,): (bool,) = redis::pipe()
+                .exists(&marker)
+                .set_ex(probe, "1", 60)
+                .ignore()
+                .query_async(&mut conn)
+                .await?;
+            if !initialised {
+                return Err(StoreError::Uninitialised { key: marker });
+            }
         }
+        Ok(())
     }
 
     /// Marks the store as holding the data workers decide on: `setup`'s
     /// acceptance of what Redis holds now, an empty store included.
-    /// `true` if the marker was missing and is written now.
+    /// `true` if a marker was missing and is written now (on a cluster,
+    /// one per hash slot, each on its master).
     pub async fn initialise(&self) -> Result<bool, StoreError> {
-        let mut conn = self.pool.get().await?;
         let stamp = format!(
             "set up at {}",
             time::OffsetDateTime::now_utc()
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default()
         );
-        let written: Option<String> = redis::cmd("SET")
-            .arg(self.keys.marker_of_any())
-            .arg(stamp)
-            .arg("NX")
-            .query_async(&mut *conn)
-            .await?;
-        Ok(written.is_some())
+        let mut written = false;
+        for (node, slots) in self.router.masters().await? {
+            let markers: Vec<String> = if self.keys.is_cluster() {
+                slots.iter().map(|s| self.keys.slot_marker(*s)).collect()
+            } else {
+                vec![self.keys.marker_of_any()]
+            };
+            let mut pipe = redis::pipe();
+            for marker in &markers {
+                pipe.cmd("SET").arg(marker).arg(&stamp).arg("NX");
+            }
+            let mut conn = self.router.side_of(&node).await?;
+            let replies: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+            written |= replies.iter().any(Option::is_some);
+        }
+        Ok(written)
     }
 
-    /// Bytes Redis uses (`used_memory` of `INFO memory`).
+    /// Bytes Redis uses (`used_memory` of `INFO memory`; summed over the
+    /// masters of a cluster).
     pub async fn used_memory(&self) -> Result<u64, StoreError> {
-        let mut conn = self.pool.get().await?;
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut *conn)
-            .await?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| corrupt("INFO memory", "no used_memory line"))
+        let mut total = 0;
+        for (node, _) in self.router.masters().await? {
+            let mut conn = self.router.side_of(&node).await?;
+            let info: String = redis::cmd("INFO")
+                .arg("memory")
+                .query_async(&mut conn)
+                .await?;
+            total += info
+                .lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| corrupt("INFO memory", "no used_memory line"))?;
+        }
+        Ok(total)
     }
 
     /// Redis's `maxmemory-policy`, when the server tells it (managed
-    /// services may not).
+    /// services may not); on a cluster, the first master's.
     pub async fn eviction_policy(&self) -> Result<Option<String>, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let Some((node, _)) = self.router.masters().await?.into_iter().next() else {
+            return Ok(None);
+        };
+        let mut conn = self.router.side_of(&node).await?;
         let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
             .arg("GET")
             .arg("maxmemory-policy")
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await;
         Ok(reply.ok().and_then(|pair| pair.into_iter().nth(1)))
     }
 
-    /// Starts an optimistic transaction on a connection of its own: WATCH
-    /// state lives on the connection, so it is never shared.
-    pub async fn begin(&self) -> Result<Transaction<'_>, StoreError> {
-        let conn = self.pool.get().await?;
-        Ok(Transaction::new(conn, &self.keys, self.retention_secs))
+    /// Starts an optimistic transaction on `resource`, on a connection of
+    /// its own to the master of the resource's slot: WATCH state lives on
+    /// the connection, so it is never shared.
+    pub async fn begin(&self, resource: &ResourceId) -> Result<Transaction<'_>, StoreError> {
+        let conn = self.router.tx(&self.keys.state(resource)).await?;
+        Ok(Transaction::new(conn, self))
+    }
+
+    /// Waits until `wait_replicas` replicas hold every write `conn` made
+    /// (Redis `WAIT`), so a failover cannot forget a commit whose events
+    /// go out next. A master with fewer replicas (its own replica was
+    /// promoted and the old master has not come back) is waited for with
+    /// the replicas it has: the cluster stays available, one copy short,
+    /// until an operator or the old master restores it. Fewer in time is
+    /// transient: the commit is not published, and its redelivery replays
+    /// it.
+    async fn replicated(&self, conn: &mut Conn) -> Result<(), StoreError> {
+        if self.wait_replicas == 0 {
+            return Ok(());
+        }
+        let replicas = conn.replicas();
+        let wanted = self.wait_replicas.min(replicas.count(conn).await?);
+        if wanted == 0 {
+            return Ok(());
+        }
+        let acked: u32 = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(self.wait_timeout.as_millis() as u64)
+            .query_async(conn)
+            .await?;
+        if acked < wanted {
+            replicas.forget();
+            return Err(StoreError::Unavailable(
+                format!(
+                    "{acked} of {wanted} replicas of {} acknowledged a commit within {:?} (redis.wait_replicas)",
+                    conn.node(),
+                    self.wait_timeout
+                )
+                .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One command per key, built by `command`, each sent to the master of
+    /// its key: one pipeline per master, all at once. The replies come back
+    /// in the order of `keys`.
+    async fn each<T: redis::FromRedisValue>(
+        &self,
+        keys: &[String],
+        command: impl Fn(&str) -> redis::Cmd,
+    ) -> Result<Vec<T>, StoreError> {
+        let groups = route::by_node(&self.router, keys).await?;
+        let replies =
+            futures_util::future::try_join_all(groups.into_iter().map(|(node, indices)| {
+                let command = &command;
+                async move {
+                    let mut pipe = redis::pipe();
+                    for &i in &indices {
+                        pipe.add_command(command(&keys[i]));
+                    }
+                    let mut conn = self.router.side_of(&node).await?;
+                    let values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+                    Ok::<_, StoreError>(indices.into_iter().zip(values).collect::<Vec<_>>())
+                }
+            }))
+            .await?;
+        let mut ordered: Vec<Option<redis::Value>> = vec![None; keys.len()];
+        for (i, value) in replies.into_iter().flatten() {
+            ordered[i] = Some(value);
+        }
+        ordered
+            .into_iter()
+            .zip(keys)
+            .map(|(value, key)| error::parse(value.unwrap_or(redis::Value::Nil), key))
+            .collect()
     }
 
     // The read side: for `inspect`, `status`, the load generator and the
@@ -257,9 +343,8 @@ impl Store {
 
     /// The resource's current state, if it was ever defined.
     pub async fn summary(&self, resource: &ResourceId) -> Result<Option<Summary>, StoreError> {
-        let mut conn = self.pool.get().await?;
         let key = self.keys.state(resource);
-        let json: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut *conn).await?;
+        let (json,): (Option<String>,) = self.router.follow(&key, redis::pipe().get(&key)).await?;
         let Some(json) = json else { return Ok(None) };
         let r: Resource = serde_json::from_str(&json).map_err(|e| corrupt(&key, e))?;
         Ok(Some(Summary::of(resource, &r)))
@@ -268,7 +353,6 @@ impl Store {
     /// Everything stored of a resource's aggregate: its scalars, every
     /// holding and every reservation (for the audit).
     pub async fn stored_state(&self, resource: &ResourceId) -> Result<State, StoreError> {
-        let mut conn = self.pool.get().await?;
         let (state_key, holdings_key, reservations_key) = (
             self.keys.state(resource),
             self.keys.holdings(resource),
@@ -278,11 +362,15 @@ impl Store {
             Option<String>,
             HashMap<String, i64>,
             HashMap<String, String>,
-        ) = redis::pipe()
-            .get(&state_key)
-            .hgetall(&holdings_key)
-            .hgetall(&reservations_key)
-            .query_async(&mut *conn)
+        ) = self
+            .router
+            .follow(
+                &state_key,
+                redis::pipe()
+                    .get(&state_key)
+                    .hgetall(&holdings_key)
+                    .hgetall(&reservations_key),
+            )
             .await?;
         let mut state = State {
             resource: json
@@ -326,11 +414,12 @@ impl Store {
         &self,
         resource: &ResourceId,
     ) -> Result<HashMap<String, u32>, StoreError> {
-        let mut conn = self.pool.get().await?;
-        Ok(redis::cmd("HGETALL")
-            .arg(self.keys.holdings(resource))
-            .query_async(&mut *conn)
-            .await?)
+        let key = self.keys.holdings(resource);
+        let (held,): (HashMap<String, u32>,) = self
+            .router
+            .follow(&key, redis::pipe().hgetall(&key))
+            .await?;
+        Ok(held)
     }
 
     /// The resource's event history, oldest first, as stored.
@@ -345,17 +434,21 @@ impl Store {
         key: &str,
     ) -> Result<Vec<T>, StoreError> {
         const PAGE: usize = 1000;
-        let mut conn = self.pool.get().await?;
         let mut events = Vec::new();
         let mut start = "-".to_string();
         loop {
-            let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-                .arg(key)
-                .arg(&start)
-                .arg("+")
-                .arg("COUNT")
-                .arg(PAGE)
-                .query_async(&mut *conn)
+            let (page,): (redis::streams::StreamRangeReply,) = self
+                .router
+                .follow(
+                    key,
+                    redis::pipe()
+                        .cmd("XRANGE")
+                        .arg(key)
+                        .arg(&start)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(PAGE),
+                )
                 .await?;
             let n = page.ids.len();
             for entry in page.ids {
@@ -371,31 +464,37 @@ impl Store {
         }
     }
 
-    /// Deletes every key under this store's prefix (SCAN + UNLINK). For
-    /// tests and benchmarks with a prefix of their own.
+    /// Deletes every key under this store's prefix (SCAN + UNLINK on
+    /// each master). For tests and benchmarks with a prefix of their own.
     pub async fn delete_all(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool.get().await?;
         let pattern = format!("{}*", self.keys.prefix());
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(5000)
-                .query_async(&mut *conn)
-                .await?;
-            if !keys.is_empty() {
-                redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .exec_async(&mut *conn)
+        for (node, _) in self.router.masters().await? {
+            let mut conn = self.router.side_of(&node).await?;
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(5000)
+                    .query_async(&mut conn)
                     .await?;
+                if !keys.is_empty() {
+                    // One key per UNLINK: a cluster refuses keys of
+                    // several slots in one command.
+                    let mut pipe = redis::pipe();
+                    for key in &keys {
+                        pipe.cmd("UNLINK").arg(key).ignore();
+                    }
+                    pipe.query_async::<()>(&mut conn).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
         }
+        Ok(())
     }
 }

@@ -62,6 +62,23 @@ pub fn problems(s: &Settings) -> Vec<Problem> {
     p.tls(a.url.expose(), "amqps", a.tls());
     p.urls("redis.url", r.url.expose(), &["redis", "rediss"]);
     p.tls(r.url.expose(), "rediss", r.tls());
+    let urls: Vec<&str> = r.url.expose().split(',').map(str::trim).collect();
+    if r.cluster {
+        if urls.iter().any(|u| database(u).is_some_and(|db| db != "0")) {
+            p.fail(
+                "redis.url",
+                "names a database other than 0, which a Redis Cluster does not have \
+                 (redis.cluster = true): give each test or tenant its own redis.key_prefix",
+            );
+        }
+    } else if urls.len() > 1 {
+        p.fail(
+            "redis.url",
+            "lists several URLs, which are the seed nodes of a Redis Cluster: \
+             set redis.cluster = true (RW_REDIS__CLUSTER=true), or give one URL",
+        );
+    }
+    p.range("redis.wait_timeout_ms", r.wait_timeout_ms, 1..=60_000);
     if r.key_prefix.contains(['{', '}']) {
         p.fail(
             "redis.key_prefix",
@@ -109,6 +126,14 @@ pub fn problems(s: &Settings) -> Vec<Problem> {
         p.fail("log.level", format!("is not a tracing filter: {e}"));
     }
     p.0
+}
+
+/// The database a `redis://host:port/N` URL names, if it names one.
+fn database(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let path = rest.split_once('/')?.1;
+    let db = path.split(['?', '#']).next()?;
+    (!db.is_empty()).then_some(db)
 }
 
 struct Checks(Vec<Problem>);
@@ -234,7 +259,7 @@ mod tests {
                 "amqp.url (AMQP_URL) must be amqp:// or amqps:// URLs",
             ),
             (
-                Box::new(|s| s.redis.url = super::super::SecretUrl::new("redis://h,tcp://h")),
+                Box::new(|s| s.redis.url = super::super::SecretUrl::new("tcp://h")),
                 "redis.url (REDIS_URL) must be redis:// or rediss://",
             ),
             (
@@ -242,6 +267,21 @@ mod tests {
                 "redis.key_prefix",
             ),
             (Box::new(|s| s.redis.pool_size = 0), "redis.pool_size"),
+            (
+                Box::new(|s| s.redis.url = super::super::SecretUrl::new("redis://a,redis://b")),
+                "redis.url (REDIS_URL) lists several URLs, which are the seed nodes of a Redis Cluster: set redis.cluster = true",
+            ),
+            (
+                Box::new(|s| {
+                    s.redis.cluster = true;
+                    s.redis.url = super::super::SecretUrl::new("redis://a:7000,redis://b:7001/3");
+                }),
+                "redis.url (REDIS_URL) names a database other than 0",
+            ),
+            (
+                Box::new(|s| s.redis.wait_timeout_ms = 0),
+                "redis.wait_timeout_ms (RW_REDIS__WAIT_TIMEOUT_MS) is 0",
+            ),
             (
                 Box::new(|s| s.redis.idempotency_retention_secs = 0),
                 "redis.idempotency_retention_secs (RW_REDIS__IDEMPOTENCY_RETENTION_SECS) is 0; it must be from 1 to",

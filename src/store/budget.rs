@@ -14,6 +14,7 @@
 //! spending one customer's money at once cannot both pass the cap.
 
 use super::error::{corrupt, parse};
+use super::route::Conn;
 use super::{Store, StoreError};
 use crate::domain::{
     Answer, Ask, Budget, BudgetCommand, BudgetEvent, BudgetId, BudgetStep, CustomerId, Entry,
@@ -63,7 +64,7 @@ impl Store {
             let key = (ask.resource_id.clone(), ask.command_id.clone());
             wanted.entry(&ask.customer_id).or_default().push(key);
         }
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.router.tx(&self.keys.budget(budget)).await?;
         let result = async {
             let before = self.load_ledger(&mut conn, budget, &wanted, true).await?;
             let mut ledger = before.clone();
@@ -89,7 +90,7 @@ impl Store {
             let key = (step.resource_id.clone(), step.reservation_id.clone());
             wanted.entry(&step.customer_id).or_default().push(key);
         }
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.router.tx(&self.keys.budget(budget)).await?;
         let result = async {
             // Settling never looks at the cap: a budget whose state cannot
             // be read still gives money back.
@@ -106,7 +107,7 @@ impl Store {
     /// them with the entries named.
     async fn load_ledger(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut Conn,
         budget: &BudgetId,
         wanted: &BTreeMap<&CustomerId, Vec<EntryKey>>,
         with_cap: bool,
@@ -128,7 +129,7 @@ impl Store {
             fields.extend(entries.iter().map(entry_field));
             pipe.cmd("HMGET").arg(key).arg(fields);
         }
-        let replies: Vec<Value> = pipe.query_async(&mut **conn).await?;
+        let replies: Vec<Value> = pipe.query_async(&mut *conn).await?;
         let mut replies = replies.into_iter();
         let mut next = || replies.next().unwrap_or(Value::Nil);
         let initialised: bool = parse(next(), &marker)?;
@@ -173,7 +174,7 @@ impl Store {
     /// (or UNWATCHes when nothing did). `false` if a watched key changed.
     async fn write_ledger(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut Conn,
         budget: &BudgetId,
         before: &Ledger,
         after: &Ledger,
@@ -203,10 +204,13 @@ impl Store {
             }
         }
         if !any {
-            redis::cmd("UNWATCH").exec_async(&mut **conn).await?;
+            redis::cmd("UNWATCH").exec_async(&mut *conn).await?;
             return Ok(true);
         }
-        let committed: Option<()> = tx.query_async(&mut **conn).await?;
+        let committed: Option<()> = tx.query_async(&mut *conn).await?;
+        if committed.is_some() {
+            self.replicated(conn).await?;
+        }
         Ok(committed.is_some())
     }
 
@@ -224,7 +228,7 @@ impl Store {
             keys.budget(budget),
             keys.budget_record(budget, &command.command_id),
         );
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.router.tx(&state_key).await?;
         let result = self
             .define_budget_on(
                 &mut conn,
@@ -240,7 +244,7 @@ impl Store {
 
     async fn define_budget_on(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut Conn,
         command: &BudgetCommand,
         body_hash: &str,
         marker: &str,
@@ -260,7 +264,7 @@ impl Store {
         pipe.cmd("TIME");
         pipe.hget(&applied_key, command.command_id.as_str());
         let (initialised, state, record, (secs, micros), applied): BudgetReads =
-            pipe.query_async(&mut **conn).await?;
+            pipe.query_async(&mut *conn).await?;
         if !initialised {
             return Err(StoreError::Uninitialised {
                 key: marker.to_string(),
@@ -289,7 +293,7 @@ impl Store {
                 let conflict = || seal(budget_conflict(current.as_ref(), command));
                 let (outcome, changed) = remembered(r, body_hash, conflict);
                 if !changed {
-                    redis::cmd("UNWATCH").exec_async(&mut **conn).await?;
+                    redis::cmd("UNWATCH").exec_async(&mut *conn).await?;
                     return Ok(Some(outcome));
                 }
                 let json = serde_json::to_string(&r).expect("plain struct");
@@ -341,7 +345,10 @@ impl Store {
                 Outcome::Decided(event)
             }
         };
-        let committed: Option<()> = tx.query_async(&mut **conn).await?;
+        let committed: Option<()> = tx.query_async(&mut *conn).await?;
+        if committed.is_some() {
+            self.replicated(conn).await?;
+        }
         Ok(committed.map(|()| outcome))
     }
 
@@ -349,7 +356,7 @@ impl Store {
     /// rebuilt from `applied` (`version:hash`) and the history.
     async fn recover_budget_record(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut Conn,
         budget: &BudgetId,
         applied: &str,
     ) -> Result<Record<OutgoingEvent>, StoreError> {
@@ -362,7 +369,7 @@ impl Store {
             .arg(&key)
             .arg(&id)
             .arg(&id)
-            .query_async(&mut **conn)
+            .query_async(&mut *conn)
             .await?;
         let body: Vec<u8> = page
             .ids
@@ -382,8 +389,7 @@ impl Store {
     /// A budget, if it was ever defined.
     pub async fn budget(&self, budget: &BudgetId) -> Result<Option<Budget>, StoreError> {
         let key = self.keys.budget(budget);
-        let mut conn = self.pool.get().await?;
-        let json: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut *conn).await?;
+        let (json,): (Option<String>,) = self.router.follow(&key, redis::pipe().get(&key)).await?;
         json.map(|j| serde_json::from_str(&j).map_err(|e| corrupt(&key, e)))
             .transpose()
     }
@@ -395,15 +401,14 @@ impl Store {
         budget: &BudgetId,
     ) -> Result<BTreeMap<CustomerId, Spending>, StoreError> {
         let keys = self.scan(&self.keys.spending_pattern(budget)).await?;
-        let mut conn = self.pool.get().await?;
         let mut out = BTreeMap::new();
         for key in keys {
             let Some(customer) = self.keys.customer_of_spending(budget, &key) else {
                 continue;
             };
-            let fields: HashMap<String, String> = redis::cmd("HGETALL")
-                .arg(&key)
-                .query_async(&mut *conn)
+            let (fields,): (HashMap<String, String>,) = self
+                .router
+                .follow(&key, redis::pipe().hgetall(&key))
                 .await?;
             let mut spending = Spending::default();
             for (field, value) in fields {
@@ -429,40 +434,40 @@ impl Store {
         Ok(envelopes.into_iter().map(|e| e.event).collect())
     }
 
-    /// Every key matching `pattern`, by SCAN (never KEYS: Redis keeps
-    /// serving while it runs).
+    /// Every key matching `pattern`, by SCAN on every master (never KEYS:
+    /// Redis keeps serving while it runs).
     pub async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.pool.get().await?;
-        let mut cursor: u64 = 0;
         let mut out = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut *conn)
-                .await?;
-            out.extend(keys);
-            if next == 0 {
-                out.sort();
-                out.dedup();
-                return Ok(out);
+        for (node, _) in self.router.masters().await? {
+            let mut conn = self.router.side_of(&node).await?;
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await?;
+                out.extend(keys);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            cursor = next;
         }
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 }
 
 /// Passes `result` on; after an error the connection may still hold a
 /// WATCH or a half-sent MULTI, so it is closed rather than pooled.
-fn discard_on_error<T>(
-    conn: deadpool_redis::Connection,
-    result: Result<T, StoreError>,
-) -> Result<T, StoreError> {
+fn discard_on_error<T>(conn: Conn, result: Result<T, StoreError>) -> Result<T, StoreError> {
     if result.is_err() {
-        drop(deadpool_redis::Connection::take(conn));
+        conn.discard();
     }
     result
 }

@@ -36,8 +36,8 @@ impl Store {
     /// Redis's clock, in ms since the Unix epoch: the one clock every
     /// replica judges holds by.
     pub async fn time(&self) -> Result<Millis, StoreError> {
-        let mut conn = self.pool.get().await?;
-        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut *conn).await?;
+        let mut conn = self.router.side(&self.keys.due_index(0)).await?;
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
         Ok(secs * 1000 + micros / 1000)
     }
 
@@ -50,15 +50,19 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<DueEntry>, StoreError> {
         let key = self.keys.due_index(shard);
-        let mut conn = self.pool.get().await?;
-        let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(&key)
-            .arg("-inf")
-            .arg(now)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut *conn)
+        let (members,): (Vec<String>,) = self
+            .router
+            .follow(
+                &key,
+                redis::pipe()
+                    .cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit),
+            )
             .await?;
         members
             .into_iter()
@@ -87,12 +91,13 @@ impl Store {
             .iter()
             .map(|e| self.keys.expiry(&e.resource, &e.hold))
             .collect();
-        let mut pipe = redis::pipe();
-        for key in &keys {
-            pipe.get(key);
-        }
-        let mut conn = self.pool.get().await?;
-        let found: Vec<Option<String>> = pipe.query_async(&mut *conn).await?;
+        let found: Vec<Option<String>> = self
+            .each(&keys, |key| {
+                let mut get = redis::cmd("GET");
+                get.arg(key);
+                get
+            })
+            .await?;
         keys.iter()
             .zip(found)
             .map(|(key, json)| {
@@ -108,27 +113,30 @@ impl Store {
         for e in entries {
             by_shard.entry(e.shard).or_default().push(&e.member);
         }
-        let mut pipe = redis::pipe();
-        for (shard, members) in by_shard {
-            pipe.cmd("ZREM")
-                .arg(self.keys.due_index(shard))
-                .arg(members)
-                .ignore();
-        }
-        let mut conn = self.pool.get().await?;
-        pipe.query_async::<()>(&mut *conn).await?;
+        let shards: Vec<String> = by_shard.keys().map(|s| self.keys.due_index(*s)).collect();
+        let members: Vec<&Vec<&str>> = by_shard.values().collect();
+        let _: Vec<redis::Value> = self
+            .each(&shards, |key| {
+                let i = shards.iter().position(|k| k == key).expect("a shard's key");
+                let mut zrem = redis::cmd("ZREM");
+                zrem.arg(key).arg(members[i]);
+                zrem
+            })
+            .await?;
         Ok(())
     }
 
     /// How many entries the index holds: live holds, and those whose
     /// expiry is not yet published.
     pub async fn due_index_len(&self) -> Result<u64, StoreError> {
-        let mut conn = self.pool.get().await?;
-        let mut pipe = redis::pipe();
-        for shard in 0..DUE_SHARDS {
-            pipe.zcard(self.keys.due_index(shard));
-        }
-        let sizes: Vec<u64> = pipe.query_async(&mut *conn).await?;
+        let shards: Vec<String> = (0..DUE_SHARDS).map(|s| self.keys.due_index(s)).collect();
+        let sizes: Vec<u64> = self
+            .each(&shards, |key| {
+                let mut zcard = redis::cmd("ZCARD");
+                zcard.arg(key);
+                zcard
+            })
+            .await?;
         Ok(sizes.iter().sum())
     }
 }

@@ -16,17 +16,32 @@ use std::borrow::Cow;
 /// one sweep reads them all in one round trip.
 pub const DUE_SHARDS: usize = 16;
 
+/// Hash slots of a Redis Cluster.
+pub const SLOTS: u16 = 16384;
+
 /// The keys of every resource, under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+    /// On a Redis Cluster, every slot has a setup marker of its own, so a
+    /// transaction can read the marker of its own slot under its WATCH.
+    cluster: bool,
 }
 
 impl Keys {
-    /// Keys under `prefix`.
+    /// Keys under `prefix`, for a single Redis.
     pub fn new(prefix: impl Into<String>) -> Self {
         Keys {
             prefix: prefix.into(),
+            cluster: false,
+        }
+    }
+
+    /// Keys under `prefix`, for a Redis Cluster when `cluster`.
+    pub fn for_cluster(prefix: impl Into<String>, cluster: bool) -> Self {
+        Keys {
+            prefix: prefix.into(),
+            cluster,
         }
     }
 
@@ -67,19 +82,43 @@ impl Keys {
 
     /// The marker that only `setup` writes: while it exists, the store
     /// holds the data workers decided on. Every transaction reads it under
-    /// its WATCH.
-    pub fn marker(&self, _r: &ResourceId) -> String {
-        self.marker_of_any()
+    /// its WATCH. On a Redis Cluster it is the marker of the resource's
+    /// slot: a master that lost its data has lost its slots' markers.
+    pub fn marker(&self, r: &ResourceId) -> String {
+        if self.cluster {
+            self.slot_marker(slot(&self.state(r)))
+        } else {
+            self.marker_of_any()
+        }
     }
 
     /// The setup marker a budget's transactions read under their WATCH.
-    pub fn budget_marker(&self, _b: &BudgetId) -> String {
-        self.marker_of_any()
+    pub fn budget_marker(&self, b: &BudgetId) -> String {
+        if self.cluster {
+            self.slot_marker(slot(&self.budget(b)))
+        } else {
+            self.marker_of_any()
+        }
     }
 
     /// The marker, where one key serves every resource (a single Redis).
     pub fn marker_of_any(&self) -> String {
         format!("{}{{%setup}}:initialised", self.prefix)
+    }
+
+    /// Whether the keys are laid out for a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// The setup marker of hash slot `slot` (a Redis Cluster).
+    pub fn slot_marker(&self, slot: u16) -> String {
+        format!("{}{{{}}}:initialised", self.prefix, slot_tag(slot))
+    }
+
+    /// The readiness probe's key in hash slot `slot` (a Redis Cluster).
+    pub fn slot_probe(&self, slot: u16) -> String {
+        format!("{}{{{}}}:probe", self.prefix, slot_tag(slot))
     }
 
     /// The index shard a resource's holds go to.
@@ -205,6 +244,39 @@ impl Keys {
     }
 }
 
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag,
+/// or of the whole key when it has none, modulo [`SLOTS`].
+pub fn slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = key.find('{').and_then(|open| {
+        let close = key[open + 1..].find('}')? + open + 1;
+        (close > open + 1).then(|| &bytes[open + 1..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(bytes)) % SLOTS
+}
+
+/// A hash tag whose slot is `slot`: `%s<n>` for the first `n` that lands
+/// there. No resource's tag can be one (a resource's `%` is always followed
+/// by two hex digits). The table is built once, in a few milliseconds.
+fn slot_tag(wanted: u16) -> String {
+    static TABLE: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut table = vec![u32::MAX; usize::from(SLOTS)];
+        let mut missing = usize::from(SLOTS);
+        let mut n = 0u32;
+        while missing > 0 {
+            let s = usize::from(slot(&format!("{{%s{n}}}")));
+            if table[s] == u32::MAX {
+                table[s] = n;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        table
+    });
+    format!("%s{}", table[usize::from(wanted % SLOTS)])
+}
+
 /// `s` with the characters SCAN's MATCH treats specially escaped.
 fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -327,5 +399,34 @@ mod tests {
             cluster_tag(&Keys::new("p:").marker_of_any()),
             Some("%setup")
         );
+    }
+
+    #[test]
+    fn slots_are_redis_clusters() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(slot("123456789"), 12739);
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        // An empty tag hashes the whole key; the tag ends at the first `}`.
+        assert_ne!(slot("foo{}{bar}"), slot("foo{}{bar}x"));
+        assert_eq!(slot("foo{{bar}}zap"), slot("{bar"));
+    }
+
+    #[test]
+    fn every_slot_has_a_marker_and_a_resource_reads_its_own_slots() {
+        let keys = Keys::for_cluster("p:", true);
+        for s in [0, 1, 5460, 5461, 10922, 16383] {
+            assert_eq!(slot(&keys.slot_marker(s)), s);
+            assert_eq!(slot(&keys.slot_probe(s)), s);
+        }
+        for id in ["concert-42", "a{b}c", "%"] {
+            let r = rid(id);
+            assert_eq!(slot(&keys.marker(&r)), slot(&keys.state(&r)), "{id}");
+            assert!(keys.resource_of_state(&keys.marker(&r)).is_none());
+        }
+        let b = BudgetId::try_from("wallet").unwrap();
+        assert_eq!(slot(&keys.budget_marker(&b)), slot(&keys.budget(&b)));
+        let single = Keys::new("p:");
+        assert_eq!(single.marker(&rid("x")), single.marker_of_any());
     }
 }

@@ -1,14 +1,15 @@
 //! One optimistic transaction on one resource: WATCH and load a snapshot,
 //! then commit a change set with MULTI/EXEC.
 
+use super::Store;
 use super::error::{StoreError, corrupt, parse};
 use super::keys::Keys;
+use super::route::Conn;
 use crate::domain::{
     Applied, ChangeSet, CommandId, DueHold, Holding, Millis, Reads, Record, Resource, ResourceId,
     Snapshot, State,
 };
 use crate::message::OutgoingEvent;
-use deadpool_redis::Connection;
 use redis::Value;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -26,16 +27,15 @@ pub enum Commit {
 /// future), its connection may still hold a WATCH or a half-sent MULTI, so
 /// it is closed rather than returned to the pool.
 pub struct Transaction<'a> {
-    conn: Option<Connection>,
+    conn: Option<Conn>,
+    store: &'a Store,
     keys: &'a Keys,
-    /// How long idempotency records are kept, in seconds.
-    retention_secs: u64,
 }
 
 impl Drop for Transaction<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            drop(Connection::take(conn));
+            conn.discard();
         }
     }
 }
@@ -45,16 +45,17 @@ fn to_json(value: &impl Serialize) -> String {
 }
 
 impl<'a> Transaction<'a> {
-    /// A transaction on `conn`, a connection of its own.
-    pub fn new(conn: Connection, keys: &'a Keys, retention_secs: u64) -> Self {
+    /// A transaction on `conn`, a connection of its own to the master of
+    /// the resource's slot.
+    pub fn new(conn: Conn, store: &'a Store) -> Self {
         Transaction {
             conn: Some(conn),
-            keys,
-            retention_secs,
+            store,
+            keys: &store.keys,
         }
     }
 
-    fn conn(&mut self) -> &mut Connection {
+    fn conn(&mut self) -> &mut Conn {
         self.conn
             .as_mut()
             .expect("a transaction has its connection until it ends")
@@ -117,7 +118,7 @@ impl<'a> Transaction<'a> {
                 .arg(keys.reservations(resource))
                 .arg(ids(&reads.reservations));
         }
-        let replies: Vec<Value> = pipe.query_async(&mut **self.conn()).await?;
+        let replies: Vec<Value> = pipe.query_async(self.conn()).await?;
         let mut replies = replies.into_iter();
         let mut next = || replies.next().unwrap_or(Value::Nil);
 
@@ -207,7 +208,7 @@ impl<'a> Transaction<'a> {
             .arg("-inf")
             .arg(now)
             .arg("WITHSCORES")
-            .query_async(&mut **self.conn())
+            .query_async(self.conn())
             .await?;
         due.into_iter()
             .map(|(member, at)| {
@@ -226,17 +227,22 @@ impl<'a> Transaction<'a> {
         holds: &[DueHold],
     ) -> Result<(), StoreError> {
         let keys = self.keys;
+        let index = keys.due_index(keys.due_shard(resource));
         let mut pipe = redis::pipe();
         for hold in holds {
             let entry = serde_json::json!([resource, hold.id, hold.expires_at]).to_string();
-            pipe.zadd(
-                keys.due_index(keys.due_shard(resource)),
-                entry,
-                hold.expires_at,
-            )
-            .ignore();
+            pipe.zadd(&index, entry, hold.expires_at).ignore();
         }
-        pipe.query_async::<()>(&mut **self.conn()).await?;
+        // On a cluster the index shard may live on another master: a
+        // connection to it from the side pool, never held while waiting for
+        // another, so no two transactions can deadlock on each other.
+        let node = self.store.router.node_of(&index).await?;
+        if *node.addr == *self.conn().node() {
+            pipe.query_async::<()>(self.conn()).await?;
+        } else {
+            let mut side = self.store.router.side_of(&node).await?;
+            pipe.query_async::<()>(&mut side).await?;
+        }
         Ok(())
     }
 
@@ -253,8 +259,7 @@ impl<'a> Transaction<'a> {
             let id = format!("{}-0", applied.version);
             pipe.cmd("XRANGE").arg(&key).arg(&id).arg(&id);
         }
-        let pages: Vec<redis::streams::StreamRangeReply> =
-            pipe.query_async(&mut **self.conn()).await?;
+        let pages: Vec<redis::streams::StreamRangeReply> = pipe.query_async(self.conn()).await?;
         let mut recovered = Vec::with_capacity(expired.len());
         for ((id, applied), page) in expired.iter().zip(pages) {
             let body: Vec<u8> = page
@@ -287,24 +292,29 @@ impl<'a> Transaction<'a> {
         changes: &ChangeSet<OutgoingEvent>,
     ) -> Result<Commit, StoreError> {
         if changes.is_empty() {
-            redis::cmd("UNWATCH").exec_async(&mut **self.conn()).await?;
+            redis::cmd("UNWATCH").exec_async(self.conn()).await?;
             self.release();
             return Ok(Commit::Committed);
         }
         let tx = self.multi(resource, changes);
-        let committed: Option<()> = tx.query_async(&mut **self.conn()).await?;
+        let committed: Option<()> = tx.query_async(self.conn()).await?;
         // EXEC ends the WATCH whatever its result: the connection is clean.
-        self.release();
-        Ok(match committed {
-            Some(()) => Commit::Committed,
+        let outcome = match committed {
+            Some(()) => {
+                let store = self.store;
+                store.replicated(self.conn()).await?;
+                Commit::Committed
+            }
             None => Commit::Conflict,
-        })
+        };
+        self.release();
+        Ok(outcome)
     }
 
     /// Ends the transaction without writing: UNWATCH, and the connection
     /// goes back to the pool.
     pub async fn cancel(mut self) -> Result<(), StoreError> {
-        redis::cmd("UNWATCH").exec_async(&mut **self.conn()).await?;
+        redis::cmd("UNWATCH").exec_async(self.conn()).await?;
         self.release();
         Ok(())
     }
@@ -388,7 +398,7 @@ impl<'a> Transaction<'a> {
             tx.set_ex(
                 keys.record(resource, id),
                 to_json(record),
-                self.retention_secs,
+                self.store.retention_secs,
             )
             .ignore();
         }

@@ -45,7 +45,7 @@ pub async fn decide_and_commit(
     let reads = domain::reads(batch);
     let mut funds: HashMap<CommandId, Funds> = HashMap::new();
     for _ in 0..MAX_ASK_ROUNDS {
-        let mut tx = store.begin().await?;
+        let mut tx = store.begin(resource).await?;
         let mut snapshot = tx.load(resource, &reads).await?;
         snapshot.funds.clone_from(&funds);
         let now = domain::at(snapshot.now);
