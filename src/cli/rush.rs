@@ -272,7 +272,10 @@ async fn reserves(
         ..Report::default()
     };
     let mut seen: HashMap<CommandId, Vec<u8>> = HashMap::with_capacity(distinct);
-    while report.events < bodies.len() {
+    // Every publish gets its event, and a redelivery (a worker or a node
+    // that died mid-command) may add a replayed one: wait for both, not
+    // for a count of events alone.
+    while seen.len() < distinct || report.events < bodies.len() {
         let Some(envelope) = next_event(&mut events, deadline, &cancel).await? else {
             break;
         };
