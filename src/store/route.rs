@@ -401,8 +401,29 @@ impl Router {
     }
 
     /// Runs `pipe` (one slot's commands) on the master of `key`, following
-    /// a MOVED or ASK reply once, for this request only.
+    /// a MOVED or ASK reply once, for this request only. On a cluster, a
+    /// master that does not answer is asked again, with the slot map read
+    /// again, a few times over about a second (a failover in progress).
     pub async fn follow<T: redis::FromRedisValue>(
+        &self,
+        key: &str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let attempts = if self.cluster.is_some() { 10 } else { 1 };
+        let mut last = None;
+        for _ in 0..attempts {
+            match self.follow_once(key, pipe).await {
+                Err(e) if e.is_transient() => {
+                    last = Some(e);
+                    tokio::time::sleep(REFRESH_EVERY).await;
+                }
+                done => return done,
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    async fn follow_once<T: redis::FromRedisValue>(
         &self,
         key: &str,
         pipe: &redis::Pipeline,
