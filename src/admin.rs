@@ -4,8 +4,9 @@
 //! Everything here goes through the same connection code as the worker.
 
 pub use crate::broker::{
-    ConnectError, Message, PublishError, Publisher, TopologyError, connect, consumed_queues,
-    declare_topology, delete_topology, partition_queues,
+    ConnectError, Declared, Message, PublishError, Publisher, TopologyError, connect,
+    consumed_queues, declare_topology, declare_topology_on, delete_topology, node_order,
+    partition_queues,
 };
 pub use crate::store::{Store, StoreError, Summary};
 pub use crate::worker::{Committed, decide_and_commit};

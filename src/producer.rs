@@ -31,7 +31,8 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Connects and opens a confirm-mode channel.
+    /// Connects (to one node of a cluster, see [`crate::admin::connect`])
+    /// and opens a confirm-mode channel.
     pub async fn connect(settings: &AmqpSettings) -> Result<Producer, ConnectError> {
         let connection = broker::connect(settings, "reservation-producer").await?;
         let publisher = Publisher::open(&connection, settings.confirm_timeout())
@@ -46,7 +47,12 @@ impl Producer {
 
     /// Publishes one command (persistent, routing key = `resource_id`) and
     /// waits for the broker's confirm. Safe to retry with the same body: the
-    /// workers deduplicate by `command_id`.
+    /// workers deduplicate by `command_id`. An error means the command may
+    /// not be queued, never that it was refused for good: a nack or a
+    /// missing confirm (a quorum queue electing a new leader while a node
+    /// dies) passes, so retry; after [`PublishError::Broker`] the connection
+    /// may be gone, so connect a new `Producer` (to the next node of a
+    /// cluster) and retry there.
     pub async fn send(&self, body: &CommandBody) -> Result<(), PublishError> {
         self.publish_raw(body.routing_key(), &body.to_json()).await
     }

@@ -471,7 +471,27 @@ fn keda_scales_the_deployment_on_the_commands_queue() {
         .collect();
     assert_eq!(rabbit.len(), 1, "one rabbitmq trigger");
     let t = rabbit[0];
-    assert_eq!(t["metadata"]["queueName"], queue.as_str());
+    // Every queue the workers consume, partitions included, summed through
+    // the management API; never the dead letters or the unrouted events.
+    assert_eq!(t["metadata"]["protocol"], "http");
+    assert_eq!(t["metadata"]["useRegex"], "true");
+    assert_eq!(t["metadata"]["operation"], "sum");
+    let pattern = t["metadata"]["queueName"].as_str().expect("queueName");
+    let matches = |name: &str| regex_lite_match(pattern, name);
+    let dead = defaults()["amqp"]["dead_letter_queue"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let unrouted = defaults()["amqp"]["unrouted_queue"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for name in [queue.clone(), format!("{queue}.p0"), format!("{queue}.p17")] {
+        assert!(matches(&name), "{pattern} counts {name}");
+    }
+    for name in [dead, unrouted, format!("x{queue}"), format!("{queue}.px")] {
+        assert!(!matches(&name), "{pattern} leaves out {name}");
+    }
     assert_eq!(t["metadata"]["mode"], "QueueLength");
     assert!(
         t["metadata"]["value"]
@@ -652,4 +672,25 @@ fn dockerfile_runs_as_non_root_on_a_recent_enough_toolchain() {
         !tag_version.is_empty() && version(&tag_version) >= version(msrv),
         "{image} is older than rust-version {msrv}"
     );
+}
+
+/// Whether the trigger's pattern, `^Q(\.p[0-9]+)?$` with `Q` the command
+/// queue's name escaped, matches `name`: the one pattern shape the trigger
+/// uses, checked without a regex engine.
+fn regex_lite_match(pattern: &str, name: &str) -> bool {
+    let Some(body) = pattern
+        .strip_prefix('^')
+        .and_then(|p| p.strip_suffix(r"(\.p[0-9]+)?$"))
+    else {
+        panic!("the trigger's pattern {pattern} is not ^QUEUE(\\.p[0-9]+)?$");
+    };
+    let queue = body.replace(r"\.", ".");
+    assert!(!queue.contains('\\'), "only dots are escaped in {pattern}");
+    match name.strip_prefix(&queue) {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix(".p")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        None => false,
+    }
 }

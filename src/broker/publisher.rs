@@ -5,6 +5,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Persistent delivery mode.
 const PERSISTENT: u8 = 2;
@@ -72,6 +73,9 @@ pub struct Publisher {
     /// concurrently. (`faults::publisher_confirms_belong_to_their_own_publish`
     /// fails if this ever stops holding.)
     sending: Arc<std::sync::Mutex<()>>,
+    /// Cancelled by the first publish that fails on a closed channel, so
+    /// the one who opened it can replace it ([`Publisher::closed`]).
+    closed: CancellationToken,
 }
 
 impl Publisher {
@@ -88,11 +92,35 @@ impl Publisher {
             channel,
             confirm_timeout,
             sending: Arc::new(std::sync::Mutex::new(())),
+            closed: CancellationToken::new(),
         })
     }
 
     /// Publishes a persistent JSON message and waits for its confirm.
+    ///
+    /// Every failure is the caller's to retry; none is final for the
+    /// message. A nack, a return or a missing confirm (a quorum queue
+    /// electing a leader, a node going away) leaves the channel usable, and
+    /// publishing again may succeed. While the broker blocks the connection
+    /// (a resource alarm) the publish waits, its frames unsent. A closed
+    /// channel can publish no more: the failure also resolves
+    /// [`Publisher::closed`].
     pub async fn publish(&self, m: Message<'_>) -> Result<(), PublishError> {
+        let published = self.publish_once(m).await;
+        if published.is_err() && !self.is_open() {
+            self.closed.cancel();
+        }
+        published
+    }
+
+    /// Resolves once a publish found the channel closed: only a new
+    /// channel, on a new connection if that one is gone too, publishes
+    /// again.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+
+    async fn publish_once(&self, m: Message<'_>) -> Result<(), PublishError> {
         let routing_key = short(m.routing_key, "routing key")?;
         let mut properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)

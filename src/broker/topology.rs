@@ -6,188 +6,344 @@ use lapin::options::{
     BasicConsumeOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
     QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
+use tracing::{debug, warn};
+
+/// The queue argument that places a quorum queue's leader when the queue
+/// is declared (RabbitMQ 3.10 and later).
+const LEADER_LOCATOR: &str = "x-queue-leader-locator";
+
+/// Leaders spread over the cluster's nodes, rather than all on the node the
+/// declaring client happened to be connected to (`client-local`).
+const BALANCED: &str = "balanced";
+
+/// What [`declare_topology`] found besides what it declared.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Declared {
+    /// Quorum queues that already existed without a leader locator
+    /// (declared by an older version) and were kept as they are: the
+    /// broker refuses to redeclare a queue with an argument it lacks.
+    pub unbalanced: Vec<String>,
+}
+
+impl Declared {
+    /// How an operator gets balanced leaders for [`Self::unbalanced`]
+    /// queues, if there are any: a broker policy for their future
+    /// declarations, and a rebalance for the leaders they have now.
+    pub fn advice(&self, s: &AmqpSettings) -> Option<String> {
+        if self.unbalanced.is_empty() {
+            return None;
+        }
+        let vhost = s
+            .url
+            .split()
+            .first()
+            .and_then(|url| url.expose().parse::<lapin::uri::AMQPUri>().ok())
+            .map_or_else(|| "<vhost>".to_string(), |uri| uri.vhost);
+        let names: Vec<String> = self
+            .unbalanced
+            .iter()
+            .map(|q| q.replace('.', "\\."))
+            .collect();
+        let pattern = format!("^({})$", names.join("|"));
+        Some(format!(
+            "quorum queues {queues} exist without {LEADER_LOCATOR} = {BALANCED} (declared by an \
+             older version; the broker refuses to add the argument) and were kept as they are. \
+             For balanced leader placement, set it by policy: `rabbitmqctl set_policy -p '{vhost}' \
+             --apply-to queues reservation-leaders '{pattern}' '{{\"queue-leader-locator\":\"{BALANCED}\"}}'` \
+             (a queue follows one policy: merge the key into any other policy that matches these \
+             queues). A locator places a leader when its queue is declared; to spread the leaders \
+             these queues have now, run `rabbitmq-queues rebalance quorum --vhost-pattern '^{vhost}$' \
+             --queue-pattern '{pattern}'`",
+            queues = self.unbalanced.join(", "),
+        ))
+    }
+}
 
 /// Declares exchanges, queues and bindings of the contract. Idempotent, as
 /// long as the queue arguments (delivery limit) have not changed since the
 /// queues were first declared: the broker refuses to redeclare a queue with
 /// other arguments.
 ///
+/// Quorum queues are declared with a balanced leader placement
+/// (`x-queue-leader-locator`), so the leaders of the command queue and its
+/// partitions spread over a cluster's nodes. A queue that exists without
+/// that argument (an older version declared it) is kept as it is, named in
+/// [`Declared::unbalanced`] and in a warning saying how to balance it by
+/// policy. Finding that out closes `channel` (the broker answers a
+/// declaration it refuses by closing the channel): the rest is declared on
+/// a connection of its own, and `channel` is of no further use. With a
+/// connection at hand, [`declare_topology_on`] uses new channels on it
+/// instead.
+///
 /// With `amqp.partitions` = P > 0, commands are routed instead through a
 /// consistent-hash exchange (on the routing key, the resource id) to P quorum
 /// queues with a single active consumer each: every resource belongs to one
 /// partition, and each partition to one replica at a time. The command queue
 /// stays declared but unbound, so workers drain what it still holds.
-pub async fn declare_topology(channel: &Channel, s: &AmqpSettings) -> Result<(), TopologyError> {
-    declare(channel, s)
-        .await
-        .map_err(|source| TopologyError::explain(source, s))
+pub async fn declare_topology(
+    channel: &Channel,
+    s: &AmqpSettings,
+) -> Result<Declared, TopologyError> {
+    Declaring {
+        s,
+        channel: channel.clone(),
+        more: More::Spare(None),
+        declared: Declared::default(),
+    }
+    .run()
+    .await
 }
 
-async fn declare(channel: &Channel, s: &AmqpSettings) -> Result<(), lapin::Error> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .exchange_declare(
-            s.commands_exchange.as_str().into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    // Events no binding takes go to the alternate exchange and wait in its
-    // queue, so an event is never dropped and a worker never waits for a
-    // consumer to bind. Declared first: the events exchange names it.
-    channel
-        .exchange_declare(
-            s.unrouted_exchange.as_str().into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    let mut unrouted_args = FieldTable::default();
-    unrouted_args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    unrouted_args.insert(
-        "x-message-ttl".into(),
-        AMQPValue::LongLongInt(
-            i64::try_from(s.unrouted_retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
-        ),
-    );
-    channel
-        .queue_declare(
-            s.unrouted_queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            unrouted_args,
-        )
-        .await?;
-    channel
-        .queue_bind(
-            s.unrouted_queue.as_str().into(),
-            s.unrouted_exchange.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut events_args = FieldTable::default();
-    if !s.alternate_exchange_by_policy {
-        events_args.insert(
-            "alternate-exchange".into(),
-            AMQPValue::LongString(s.unrouted_exchange.as_str().into()),
-        );
+/// [`declare_topology`] on channels of its own on `connection`.
+pub async fn declare_topology_on(
+    connection: &Connection,
+    s: &AmqpSettings,
+) -> Result<Declared, TopologyError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|source| TopologyError::explain(source, s))?;
+    Declaring {
+        s,
+        channel,
+        more: More::Connection(connection),
+        declared: Declared::default(),
     }
-    channel
-        .exchange_declare(
-            s.events_exchange.as_str().into(),
+    .run()
+    .await
+}
+
+/// A declaration of the topology under way.
+struct Declaring<'a> {
+    s: &'a AmqpSettings,
+    /// The channel declarations go to.
+    channel: Channel,
+    /// Where the next channel comes from once the broker closed this one.
+    more: More<'a>,
+    declared: Declared,
+}
+
+/// Where a declaration gets a new channel.
+enum More<'a> {
+    /// The caller's connection.
+    Connection(&'a Connection),
+    /// A connection of the declaration's own, opened when first needed.
+    Spare(Option<Box<Connection>>),
+}
+
+impl Declaring<'_> {
+    /// Declares everything, then closes what it opened itself.
+    async fn run(mut self) -> Result<Declared, TopologyError> {
+        let result = self.declare().await;
+        let mine = match &self.more {
+            More::Connection(_) => true,
+            More::Spare(spare) => spare.is_some(),
+        };
+        if mine && self.channel.status().connected() {
+            let _ = self.channel.close(200, "topology declared".into()).await;
+        }
+        if let More::Spare(Some(spare)) = &self.more {
+            let _ = spare.close(200, "topology declared".into()).await;
+        }
+        result?;
+        if let Some(advice) = self.declared.advice(self.s) {
+            warn!("{advice}");
+        }
+        Ok(self.declared)
+    }
+
+    /// A new channel, for after the broker closed the last one.
+    async fn reopen(&mut self) -> Result<(), TopologyError> {
+        let s = self.s;
+        let connection = match &mut self.more {
+            More::Connection(connection) => *connection,
+            More::Spare(spare) => match spare {
+                Some(connection) => &*connection,
+                None => {
+                    let connection = super::connect(s, "reservation-topology")
+                        .await
+                        .map_err(|e| TopologyError::Reconnect(Box::new(e)))?;
+                    &**spare.insert(Box::new(connection))
+                }
+            },
+        };
+        self.channel = connection
+            .create_channel()
+            .await
+            .map_err(|source| TopologyError::explain(source, s))?;
+        Ok(())
+    }
+
+    /// Declares a durable quorum queue with `args` and a balanced leader
+    /// placement, or, if it exists without a leader locator, as it is.
+    async fn quorum_queue(&mut self, name: &str, args: FieldTable) -> Result<(), TopologyError> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let mut balanced = args.clone();
+        balanced.insert(
+            LEADER_LOCATOR.into(),
+            AMQPValue::LongString(BALANCED.into()),
+        );
+        let refused = match self
+            .channel
+            .queue_declare(name.into(), durable, balanced)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if lacks_leader_locator(&e) => e,
+            Err(e) => return Err(TopologyError::explain(e, self.s)),
+        };
+        debug!(queue = name, error = %refused, "the queue exists without a leader locator");
+        self.reopen().await?;
+        self.channel
+            .queue_declare(name.into(), durable, args)
+            .await
+            .map_err(|source| TopologyError::explain(source, self.s))?;
+        self.declared.unbalanced.push(name.to_string());
+        Ok(())
+    }
+
+    /// Exchanges, then queues, then bindings.
+    async fn declare(&mut self) -> Result<(), TopologyError> {
+        let s = self.s;
+        let explain = |source| TopologyError::explain(source, s);
+        self.exchanges().await.map_err(explain)?;
+        self.quorum_queue(&s.unrouted_queue, unrouted_queue_arguments(s))
+            .await?;
+        self.quorum_queue(&s.dead_letter_queue, quorum()).await?;
+        self.quorum_queue(&s.commands_queue, command_queue_arguments(s))
+            .await?;
+        for name in partition_queues(s) {
+            let mut args = command_queue_arguments(s);
+            args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+            self.quorum_queue(&name, args).await?;
+        }
+        self.bindings().await.map_err(explain)
+    }
+
+    /// The exchanges every mode has. The unrouted exchange comes before the
+    /// events exchange, which names it.
+    async fn exchanges(&self) -> Result<(), lapin::Error> {
+        let s = self.s;
+        self.exchange(
+            &s.commands_exchange,
             ExchangeKind::Topic,
-            durable,
-            events_args,
+            FieldTable::default(),
         )
         .await?;
-    channel
-        .exchange_declare(
-            s.dead_letter_exchange.as_str().into(),
+        // Events no binding takes go to the alternate exchange and wait in
+        // its queue, so an event is never dropped and a worker never waits
+        // for a consumer to bind.
+        self.exchange(
+            &s.unrouted_exchange,
             ExchangeKind::Fanout,
-            durable,
             FieldTable::default(),
         )
         .await?;
+        let mut events_args = FieldTable::default();
+        if !s.alternate_exchange_by_policy {
+            events_args.insert(
+                "alternate-exchange".into(),
+                AMQPValue::LongString(s.unrouted_exchange.as_str().into()),
+            );
+        }
+        self.exchange(&s.events_exchange, ExchangeKind::Topic, events_args)
+            .await?;
+        self.exchange(
+            &s.dead_letter_exchange,
+            ExchangeKind::Fanout,
+            FieldTable::default(),
+        )
+        .await
+    }
 
-    let queue = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    let mut dead_args = FieldTable::default();
-    dead_args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    channel
-        .queue_declare(s.dead_letter_queue.as_str().into(), queue, dead_args)
-        .await?;
-    channel
-        .queue_bind(
-            s.dead_letter_queue.as_str().into(),
-            s.dead_letter_exchange.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
+    /// The bindings of the unrouted and dead-letter queues, and of the
+    /// command queue; in partitioned mode, of the partitions through their
+    /// exchange instead, the command queue unbound to drain.
+    async fn bindings(&self) -> Result<(), lapin::Error> {
+        let s = self.s;
+        self.bind(&s.unrouted_queue, &s.unrouted_exchange, "")
+            .await?;
+        self.bind(&s.dead_letter_queue, &s.dead_letter_exchange, "")
+            .await?;
+        if s.partitions == 0 {
+            return self
+                .bind(&s.commands_queue, &s.commands_exchange, "#")
+                .await;
+        }
+        self.exchange(
+            &s.partition_exchange,
+            ExchangeKind::Custom("x-consistent-hash".into()),
             FieldTable::default(),
         )
         .await?;
-
-    channel
-        .queue_declare(
-            s.commands_queue.as_str().into(),
-            queue,
-            command_queue_arguments(s),
-        )
-        .await?;
-    if s.partitions == 0 {
-        channel
-            .queue_bind(
+        self.channel
+            .exchange_bind(
+                s.partition_exchange.as_str().into(),
+                s.commands_exchange.as_str().into(),
+                "#".into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        for name in partition_queues(s) {
+            // Equal weights: the hash ring gives each partition a fair share.
+            self.bind(&name, &s.partition_exchange, "1").await?;
+        }
+        self.channel
+            .queue_unbind(
                 s.commands_queue.as_str().into(),
                 s.commands_exchange.as_str().into(),
                 "#".into(),
-                QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
-        return Ok(());
+            .await
     }
 
-    channel
-        .exchange_declare(
-            s.partition_exchange.as_str().into(),
-            ExchangeKind::Custom("x-consistent-hash".into()),
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_bind(
-            s.partition_exchange.as_str().into(),
-            s.commands_exchange.as_str().into(),
-            "#".into(),
-            ExchangeBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    for name in partition_queues(s) {
-        let mut args = command_queue_arguments(s);
-        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-        channel
-            .queue_declare(name.as_str().into(), queue, args)
-            .await?;
-        // Equal weights: the hash ring gives each partition a fair share.
-        channel
+    async fn exchange(
+        &self,
+        name: &str,
+        kind: ExchangeKind,
+        args: FieldTable,
+    ) -> Result<(), lapin::Error> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        self.channel
+            .exchange_declare(name.into(), kind, durable, args)
+            .await
+    }
+
+    async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<(), lapin::Error> {
+        self.channel
             .queue_bind(
-                name.as_str().into(),
-                s.partition_exchange.as_str().into(),
-                "1".into(),
+                queue.into(),
+                exchange.into(),
+                key.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
+            .await
     }
-    channel
-        .queue_unbind(
-            s.commands_queue.as_str().into(),
-            s.commands_exchange.as_str().into(),
-            "#".into(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(())
+}
+
+/// Whether the broker refused a queue declaration only because the queue
+/// exists without a leader locator: `PRECONDITION_FAILED - inequivalent
+/// arg 'x-queue-leader-locator' ... but current is none`.
+fn lacks_leader_locator(e: &lapin::Error) -> bool {
+    let ErrorKind::ProtocolError(amqp) = e.kind() else {
+        return false;
+    };
+    let text = amqp.get_message().as_str();
+    *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+        && text.contains(&format!("inequivalent arg '{LEADER_LOCATOR}'"))
+        && text.ends_with("but current is none")
 }
 
 /// Deletes every queue and exchange [`declare_topology`] declares, messages
@@ -229,15 +385,21 @@ pub fn consumed_queues(s: &AmqpSettings) -> Vec<String> {
         .collect()
 }
 
-/// The broker refused part of the topology.
+/// Why the topology could not be declared.
 #[derive(Debug, thiserror::Error)]
-#[error("declaring the topology failed{hint}")]
-pub struct TopologyError {
-    /// What to do about it, when a person can fix it (starts with "; ").
-    hint: String,
-    /// The broker's answer.
-    #[source]
-    source: lapin::Error,
+pub enum TopologyError {
+    /// The broker refused part of it.
+    #[error("declaring the topology failed{hint}")]
+    Refused {
+        /// What to do about it, when a person can fix it (starts with "; ").
+        hint: String,
+        /// The broker's answer.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The channel closed by a refused declaration could not be replaced.
+    #[error("declaring the topology failed: no connection for the rest of it")]
+    Reconnect(#[source] Box<super::ConnectError>),
 }
 
 impl TopologyError {
@@ -261,6 +423,12 @@ impl TopologyError {
             "; partitioned mode needs the consistent-hash exchange plugin: \
              run `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange` on the broker"
                 .to_string()
+        } else if text.contains(LEADER_LOCATOR) {
+            format!(
+                "; a queue exists with another {LEADER_LOCATOR} than {BALANCED} (declared by hand?): \
+                 drain and delete it so that setup declares it again, or keep the workers' version \
+                 that declared it"
+            )
         } else if text.contains("PRECONDITION_FAILED") {
             format!(
                 "; a queue exists with other arguments (delivery limit {} or partitioning changed?): \
@@ -270,19 +438,38 @@ impl TopologyError {
         } else {
             String::new()
         };
-        TopologyError { hint, source }
+        TopologyError::Refused { hint, source }
     }
+}
+
+/// A quorum queue.
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args
+}
+
+/// The unrouted events' quorum queue, which keeps each event for
+/// `amqp.unrouted_retention_secs`.
+fn unrouted_queue_arguments(s: &AmqpSettings) -> FieldTable {
+    let mut args = quorum();
+    args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(
+            i64::try_from(s.unrouted_retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        ),
+    );
+    args
 }
 
 /// A quorum queue with a delivery limit, dead-lettering at-least-once
 /// (which needs `reject-publish` overflow) so a poison message is never
 /// dropped on its way to the dead-letter queue.
 fn command_queue_arguments(s: &AmqpSettings) -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
+    let mut args = quorum();
     args.insert(
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(i64::from(s.delivery_limit)),

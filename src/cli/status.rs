@@ -1,5 +1,6 @@
 //! `reservation-worker status`: the deployment seen from outside, for
-//! operators: how many commands wait, how many workers consume them, how many
+//! operators: how many commands wait, in the command queue and in each
+//! partition (`amqp.partitions`), how many workers consume them, how many
 //! messages were dead-lettered, and optionally one resource's state.
 //!
 //! [`collect`] asks the servers; [`render_human`] and [`render_json`] are
@@ -46,8 +47,11 @@ pub struct ResourceStatus {
 /// Everything `status` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusReport {
-    /// The queue the workers consume.
+    /// The command queue (in partitioned mode unbound, draining).
     pub commands: QueueStatus,
+    /// The partitions, in partitioned mode: the rest of the queues the
+    /// workers consume ([`admin::consumed_queues`]).
+    pub partitions: Vec<QueueStatus>,
     /// The dead-letter queue.
     pub dead_letters: QueueStatus,
     /// The resource, when one was asked for.
@@ -111,17 +115,24 @@ pub async fn collect(
     let connection = tokio::time::timeout(CONNECT_TIMEOUT, admin::connect(a, "reservation-status"))
         .await
         .map_err(|_| unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(reservation_worker::telemetry::chain(&e)))?;
 
     let queues = async {
-        let commands = inspect_queue(&connection, &a.commands_queue).await?;
+        // Every queue the workers consume: the command queue first, then
+        // the partitions.
+        let mut consumed = Vec::new();
+        for queue in admin::consumed_queues(a) {
+            consumed.push(inspect_queue(&connection, &queue).await?);
+        }
         let dead_letters = inspect_queue(&connection, &a.dead_letter_queue).await?;
-        Ok::<_, StatusError>((commands, dead_letters))
+        Ok::<_, StatusError>((consumed, dead_letters))
     }
     .await;
     // Best effort: the answer is already in hand, or the error is the news.
     let _ = connection.close(200, "done".into()).await;
-    let (commands, dead_letters) = queues?;
+    let (mut consumed, dead_letters) = queues?;
+    let partitions = consumed.split_off(1);
+    let commands = consumed.remove(0);
 
     let resource = match resource {
         None => None,
@@ -144,6 +155,7 @@ pub async fn collect(
     };
     Ok(StatusReport {
         commands,
+        partitions,
         dead_letters,
         resource,
     })
@@ -198,18 +210,48 @@ async fn inspect_queue(connection: &Connection, queue: &str) -> Result<QueueStat
     })
 }
 
+impl StatusReport {
+    /// Commands waiting in every queue the workers consume.
+    pub fn ready_total(&self) -> u64 {
+        std::iter::once(&self.commands)
+            .chain(&self.partitions)
+            .map(|q| u64::from(q.ready))
+            .sum()
+    }
+}
+
 /// The report for a terminal: one line per item, then notes on anything an
 /// operator should look at.
 pub fn render_human(report: &StatusReport) -> String {
     let c = &report.commands;
     let d = &report.dead_letters;
-    let name_width = c.queue.len().max(d.queue.len());
+    let name_width = std::iter::once(c)
+        .chain(&report.partitions)
+        .chain([d])
+        .map(|q| q.queue.len())
+        .max()
+        .unwrap_or_default();
     let mut out = String::new();
     let _ = writeln!(
         out,
         "commands queue  {:<name_width$}  ready {:>7}  consumers {}",
         c.queue, c.ready, c.consumers
     );
+    for p in &report.partitions {
+        let _ = writeln!(
+            out,
+            "partition       {:<name_width$}  ready {:>7}  consumers {}",
+            p.queue, p.ready, p.consumers
+        );
+    }
+    if !report.partitions.is_empty() {
+        let _ = writeln!(
+            out,
+            "commands total  {:<name_width$}  ready {:>7}",
+            "",
+            report.ready_total()
+        );
+    }
     let _ = writeln!(
         out,
         "dead letters    {:<name_width$}  ready {:>7}",
@@ -232,12 +274,14 @@ pub fn render_human(report: &StatusReport) -> String {
             }
         }
     }
-    if c.consumers == 0 {
-        let _ = writeln!(
-            out,
-            "note: no worker consumes {}; start one with `reservation-worker run`",
-            c.queue
-        );
+    for q in std::iter::once(c).chain(&report.partitions) {
+        if q.consumers == 0 {
+            let _ = writeln!(
+                out,
+                "note: no worker consumes {}; start one with `reservation-worker run`",
+                q.queue
+            );
+        }
     }
     if d.ready > 0 {
         let _ = writeln!(
@@ -249,12 +293,16 @@ pub fn render_human(report: &StatusReport) -> String {
     out
 }
 
-/// The report as one JSON object: `commands` and `dead_letters` (`queue`,
-/// `ready`, `consumers`), and with `--resource` a `resource` object with
-/// `resource_id`, `defined` and, when defined, the state's fields.
+/// The report as one JSON object: `commands`, each of `partitions` (empty
+/// unless partitioned) and `dead_letters` (`queue`, `ready`, `consumers`),
+/// `ready_total` (commands waiting in all the queues the workers consume),
+/// and with `--resource` a `resource` object with `resource_id`, `defined`
+/// and, when defined, the state's fields.
 pub fn render_json(report: &StatusReport) -> Value {
     let mut out = json!({
         "commands": report.commands,
+        "partitions": report.partitions,
+        "ready_total": report.ready_total(),
         "dead_letters": report.dead_letters,
     });
     if let Some(r) = &report.resource {
@@ -279,6 +327,7 @@ mod tests {
                 ready: 12,
                 consumers,
             },
+            partitions: Vec::new(),
             dead_letters: QueueStatus {
                 queue: "reservations.commands.dead".into(),
                 ready: dead,
@@ -343,6 +392,8 @@ mod tests {
             render_json(&report(4, 0, Some(concert(true)))),
             json!({
                 "commands": {"queue": "reservations.commands", "ready": 12, "consumers": 4},
+                "partitions": [],
+                "ready_total": 12,
                 "dead_letters": {"queue": "reservations.commands.dead", "ready": 0, "consumers": 0},
                 "resource": {
                     "resource_id": "concert-42", "defined": true, "capacity": 1000,
@@ -356,6 +407,52 @@ mod tests {
             json!({"resource_id": "concert-42", "defined": false})
         );
         assert!(render_json(&report(4, 0, None)).get("resource").is_none());
+    }
+
+    fn partitioned(consumers: [u32; 2]) -> StatusReport {
+        let mut r = report(2, 0, None);
+        r.commands.ready = 1;
+        r.partitions = (0..2)
+            .map(|i| QueueStatus {
+                queue: format!("reservations.commands.p{i}"),
+                ready: 100 * (i + 1),
+                consumers: consumers[i as usize],
+            })
+            .collect();
+        r
+    }
+
+    #[test]
+    fn every_partition_is_shown_and_counted() {
+        let r = partitioned([2, 2]);
+        assert_eq!(r.ready_total(), 301);
+        assert_eq!(
+            render_human(&r),
+            "commands queue  reservations.commands       ready       1  consumers 2\n\
+             partition       reservations.commands.p0    ready     100  consumers 2\n\
+             partition       reservations.commands.p1    ready     200  consumers 2\n\
+             commands total                              ready     301\n\
+             dead letters    reservations.commands.dead  ready       0\n"
+        );
+        let json = render_json(&r);
+        assert_eq!(json["ready_total"], 301);
+        assert_eq!(
+            json["partitions"][1],
+            json!({"queue": "reservations.commands.p1", "ready": 200, "consumers": 2})
+        );
+    }
+
+    #[test]
+    fn a_partition_nobody_consumes_is_noted() {
+        let text = render_human(&partitioned([2, 0]));
+        assert!(
+            text.contains("note: no worker consumes reservations.commands.p1;"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("consumes reservations.commands.p0"),
+            "{text}"
+        );
     }
 
     #[test]

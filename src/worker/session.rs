@@ -82,15 +82,13 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
         name,
     } = replica;
     let amqp = &settings.amqp;
+    // With a cluster's nodes in `amqp.url`, this connects to the node after
+    // the one the last session used: a session ends when its connection is
+    // lost, and that node may be gone.
     let connection = broker::connect(amqp, name)
         .await
         .map_err(SessionError::Connect)?;
-    let setup = connection
-        .create_channel()
-        .await
-        .map_err(SessionError::Channel)?;
-    broker::declare_topology(&setup, amqp).await?;
-    let _ = timeout(TEARDOWN, setup.close(200, "topology declared".into())).await;
+    broker::declare_topology_on(&connection, amqp).await?;
     // Events go out on the consuming connection unless configured
     // otherwise: a second connection is a second I/O thread, and the
     // flow-control isolation it buys matters little when every ack waits
@@ -144,7 +142,10 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
         let consuming = !tags.is_empty();
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            // Events, dead letters and expiries all publish on this channel;
+            // once it is closed, deliveries can only be left for redelivery.
             _ = pipeline.broken().cancelled() => break Err(SessionError::PublishingChannelClosed),
+            _ = publisher.closed() => break Err(SessionError::PublishingChannelClosed),
             // While Redis fails, take no new deliveries: those held wait in
             // their lanes, retried in place, without spending their
             // delivery count; the rest stay in the queue for whichever
@@ -233,7 +234,7 @@ type Subscription = (Vec<ConsumerTag>, Vec<Consumer>);
 fn consumed_queues(amqp: &crate::config::AmqpSettings, name: &str) -> Vec<String> {
     let mut queues = broker::consumed_queues(amqp);
     if queues.len() > 2 {
-        let start = rotation(name, queues.len() - 1);
+        let start = broker::spread(name, queues.len() - 1);
         queues[1..].rotate_left(start);
     }
     queues
@@ -274,32 +275,5 @@ async fn cancel(channel: &lapin::Channel, tags: Vec<ConsumerTag>) {
         {
             warn!(error = %e, "could not cancel a consumer");
         }
-    }
-}
-
-/// A stable position in `0..n` for a replica name (FNV-1a, 64 bits), the
-/// same on every platform and build.
-fn rotation(name: &str, n: usize) -> usize {
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % n as u64) as usize
-}
-
-#[cfg(test)]
-mod tests {
-    use super::rotation;
-
-    #[test]
-    fn rotation_is_fnv1a_and_spreads_replica_names() {
-        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c (the published test vector).
-        assert_eq!(
-            rotation("a", 1000),
-            (0xaf63_dc4c_8601_ec8c_u64 % 1000) as usize
-        );
-        let starts: std::collections::HashSet<_> = (0..16)
-            .map(|i| rotation(&format!("reservation-worker-{i}"), 4))
-            .collect();
-        assert!(starts.len() >= 3, "{starts:?}");
     }
 }

@@ -1,9 +1,11 @@
 //! Integration tests against the real RabbitMQ and Redis on 127.0.0.1.
 //! One binary; each test isolates itself (see `helpers`).
 
+mod amqp_cluster;
 mod bad_input;
 mod budget_rush;
 mod budgets;
+mod cluster;
 mod commands;
 mod concurrency;
 mod crash;
