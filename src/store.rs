@@ -123,8 +123,8 @@ impl Store {
         let tls = redis.tls();
         let files = if tls.any() { Some(tls.read()?) } else { None };
         let mut seeds = Vec::new();
-        for url in redis.url.expose().split(',').map(str::trim) {
-            let info = url.into_connection_info()?;
+        for url in redis.url.split() {
+            let info = url.expose().into_connection_info()?;
             let client = match &files {
                 Some(files) => {
                     let certificates = redis::TlsCertificates {

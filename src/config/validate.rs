@@ -29,7 +29,7 @@ impl fmt::Display for Problem {
 pub fn problems(s: &Settings) -> Vec<Problem> {
     let mut p = Checks(Vec::new());
     let (a, r, w) = (&s.amqp, &s.redis, &s.worker);
-    p.urls("amqp.url", a.url.expose(), &["amqp", "amqps"]);
+    p.urls("amqp.url", &a.url, &["amqp", "amqps"]);
     p.range("amqp.prefetch", a.prefetch.into(), 1..=65_535);
     for (key, name) in [
         ("amqp.commands_exchange", &a.commands_exchange),
@@ -59,12 +59,15 @@ pub fn problems(s: &Settings) -> Vec<Problem> {
         a.confirm_timeout_ms,
         1..=3_600_000,
     );
-    p.tls(a.url.expose(), "amqps", a.tls());
-    p.urls("redis.url", r.url.expose(), &["redis", "rediss"]);
-    p.tls(r.url.expose(), "rediss", r.tls());
-    let urls: Vec<&str> = r.url.expose().split(',').map(str::trim).collect();
+    p.tls(&a.url, "amqps", a.tls());
+    p.urls("redis.url", &r.url, &["redis", "rediss"]);
+    p.tls(&r.url, "rediss", r.tls());
+    let urls = r.url.split();
     if r.cluster {
-        if urls.iter().any(|u| database(u).is_some_and(|db| db != "0")) {
+        if urls
+            .iter()
+            .any(|u| database(u.expose()).is_some_and(|db| db != "0"))
+        {
             p.fail(
                 "redis.url",
                 "names a database other than 0, which a Redis Cluster does not have \
@@ -161,11 +164,12 @@ impl Checks {
 
     /// TLS files only for a TLS URL, a certificate with its key, and files
     /// that exist.
-    fn tls(&mut self, urls: &str, scheme: &str, paths: TlsPaths<'_>) {
+    fn tls(&mut self, urls: &super::SecretUrl, scheme: &str, paths: TlsPaths<'_>) {
         let [ca, cert, key] = paths.keys();
         let tls = urls
-            .split(',')
-            .all(|u| u.trim_start().starts_with(&format!("{scheme}://")));
+            .split()
+            .iter()
+            .all(|u| u.expose().starts_with(&format!("{scheme}://")));
         for (key, path) in [(ca, paths.ca), (cert, paths.cert), (key, paths.key)] {
             let Some(path) = path else { continue };
             if !tls {
@@ -197,16 +201,19 @@ impl Checks {
     }
 
     /// A URL, or a comma-separated list of them, with one of `schemes`.
-    fn urls(&mut self, key: &'static str, urls: &str, schemes: &[&str]) {
-        for url in urls.split(',') {
-            let scheme = url.split_once("://").map(|(scheme, _)| scheme.trim());
+    fn urls(&mut self, key: &'static str, urls: &super::SecretUrl, schemes: &[&str]) {
+        for url in urls.split() {
+            let scheme = url
+                .expose()
+                .split_once("://")
+                .map(|(scheme, _)| scheme.trim());
             if !scheme.is_some_and(|s| schemes.contains(&s)) {
                 self.fail(
                     key,
                     format!(
                         "must be {} URLs (comma-separated), not {:?}",
                         schemes.join(":// or ") + "://",
-                        super::SecretUrl::new(url).redacted()
+                        url.redacted()
                     ),
                 );
             }

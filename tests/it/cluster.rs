@@ -161,15 +161,25 @@ impl LocalClusters {
         panic!("no live master serves slot {slot}");
     }
 
-    /// The hash slot of `key`.
+    /// The hash slot of `key`, as the first live node computes it.
     async fn slot(&self, key: &str) -> u16 {
-        let mut conn = self.redis(self.file.redis[0].port).await;
-        redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .unwrap()
+        for node in &self.file.redis {
+            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{}", node.port)) else {
+                continue;
+            };
+            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                continue;
+            };
+            if let Ok(slot) = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+            {
+                return slot;
+            }
+        }
+        panic!("no live Redis node to ask for the slot of {key}");
     }
 
     /// Moves `slot` from the master on `from` to the master on `to`, as
