@@ -464,36 +464,21 @@ impl Store {
         }
     }
 
-    /// Deletes every key under this store's prefix (SCAN + UNLINK on
-    /// each master). For tests and benchmarks with a prefix of their own.
+    /// Deletes every key under this store's prefix (SCAN on every master,
+    /// then one UNLINK per key on its master: a cluster refuses keys of
+    /// several slots in one command). For tests and benchmarks with a
+    /// prefix of their own.
     pub async fn delete_all(&self) -> Result<(), StoreError> {
         let pattern = format!("{}*", self.keys.prefix());
-        for (node, _) in self.router.masters().await? {
-            let mut conn = self.router.side_of(&node).await?;
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(5000)
-                    .query_async(&mut conn)
-                    .await?;
-                if !keys.is_empty() {
-                    // One key per UNLINK: a cluster refuses keys of
-                    // several slots in one command.
-                    let mut pipe = redis::pipe();
-                    for key in &keys {
-                        pipe.cmd("UNLINK").arg(key).ignore();
-                    }
-                    pipe.query_async::<()>(&mut conn).await?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+        let keys = self.scan(&pattern).await?;
+        for chunk in keys.chunks(5000) {
+            let _: Vec<redis::Value> = self
+                .each(chunk, |key| {
+                    let mut unlink = redis::cmd("UNLINK");
+                    unlink.arg(key);
+                    unlink
+                })
+                .await?;
         }
         Ok(())
     }

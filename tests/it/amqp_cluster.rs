@@ -39,19 +39,6 @@ fn at(url: &SecretUrl, authority: &str) -> SecretUrl {
     SecretUrl::new(format!("{scheme}://{userinfo}{authority}{path}"))
 }
 
-/// `host:port` of an AMQP URL.
-fn authority(url: &SecretUrl) -> String {
-    let url = url.expose();
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let host = rest.split(['/', '?']).next().unwrap_or(rest);
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    if host.contains(':') {
-        host.to_string()
-    } else {
-        format!("{host}:5672")
-    }
-}
-
 /// A local port nothing listens on: bound, then let go.
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -276,23 +263,10 @@ const BALANCED: &str = r#"{"x-queue-leader-locator","balanced"}"#;
 /// The arguments of every queue whose name starts with `prefix`, as the
 /// broker lists them, by name.
 async fn queue_arguments(prefix: &str) -> std::collections::BTreeMap<String, String> {
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args([
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "arguments",
-        ])
-        .output()
+    queue_column("arguments")
         .await
-        .expect("rabbitmqctl");
-    assert!(out.status.success(), "rabbitmqctl list_queues: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| line.split_once('\t'))
+        .into_iter()
         .filter(|(name, _)| name.starts_with(prefix))
-        .map(|(name, args)| (name.to_string(), args.to_string()))
         .collect()
 }
 

@@ -314,27 +314,9 @@ async fn assert_books_balance(app: &TestApp, spent: &Spent) {
     );
 }
 
-/// Runs `reservation-worker verify --all --json` on the test's settings
-/// and asserts it exits 0 having checked every resource and the budget.
+/// `verify --all` agrees, having checked every resource and the budget.
 async fn assert_verify_agrees(settings: &Settings) {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_reservation-worker"));
-    command
-        .args(["verify", "--all", "--json"])
-        .env_clear()
-        .envs(settings.to_env());
-    if let Ok(path) = std::env::var("PATH") {
-        command.env("PATH", path);
-    }
-    let out = command.output().await.expect("run verify");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "verify --all failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
-    assert_eq!(report["ok"], true, "{report}");
+    let report = verify_all(settings).await;
     assert_eq!(report["resources"], resources().len(), "{report}");
     assert_eq!(report["budgets"], 1, "{report}");
 }
@@ -511,24 +493,10 @@ impl Fleet {
 /// Messages in `queue`, ready and unacked (`rabbitmqctl list_queues`; the
 /// passive declare counts only ready ones).
 async fn messages_in(queue: &str) -> u64 {
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args([
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages",
-        ])
-        .output()
+    queue_column("messages")
         .await
-        .expect("rabbitmqctl");
-    assert!(out.status.success(), "rabbitmqctl list_queues: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|line| {
-            let (name, count) = line.split_once('\t')?;
-            (name.trim() == queue).then(|| count.trim().parse().ok())?
-        })
+        .get(queue)
+        .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("queue {queue} in rabbitmqctl list_queues"))
 }
 

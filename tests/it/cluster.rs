@@ -361,27 +361,9 @@ async fn assert_rush_kept_the_contract(app: &TestApp, resources: &[String]) {
     assert_verify_agrees(&app.settings, resources.len()).await;
 }
 
-/// `reservation-worker verify --all --json` exits 0 having checked every
-/// resource and the budget.
+/// `verify --all` agrees, having checked every resource.
 async fn assert_verify_agrees(settings: &Settings, resources: usize) {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_reservation-worker"));
-    command
-        .args(["verify", "--all", "--json"])
-        .env_clear()
-        .envs(settings.to_env());
-    if let Ok(path) = std::env::var("PATH") {
-        command.env("PATH", path);
-    }
-    let out = command.output().await.expect("run verify");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "verify --all failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
-    assert_eq!(report["ok"], true, "{report}");
+    let report = verify_all(settings).await;
     assert_eq!(report["resources"], resources, "{report}");
 }
 

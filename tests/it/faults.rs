@@ -346,19 +346,6 @@ fn worker_name(app: &TestApp, i: usize) -> String {
     format!("{}-p{i}", app.prefix())
 }
 
-/// `host:port` of an AMQP URL.
-fn authority(url: &SecretUrl) -> String {
-    let url = url.expose();
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let host = rest.split(['/', '?']).next().unwrap_or(rest);
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    if host.contains(':') {
-        host.to_string()
-    } else {
-        format!("{host}:5672")
-    }
-}
-
 /// Publishes commands with confirms, never more than a window ahead of the
 /// outcomes: the rush moves at the workers' pace, and stalls with them.
 struct Feed<'a> {

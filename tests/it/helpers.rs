@@ -623,3 +623,56 @@ pub async fn broker_connections(prefix: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// `host:port` of an AMQP URL.
+pub fn authority(url: &SecretUrl) -> String {
+    let url = url.expose();
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:5672")
+    }
+}
+
+/// `name` and `column` of every queue on the shared broker (`rabbitmqctl
+/// list_queues`), by name.
+pub async fn queue_column(column: &str) -> std::collections::BTreeMap<String, String> {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name", column])
+        .output()
+        .await
+        .expect("rabbitmqctl");
+    assert!(out.status.success(), "rabbitmqctl list_queues: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
+        .collect()
+}
+
+/// Runs `reservation-worker verify --all --json` on `settings`, asserts it
+/// exits 0 and reports no difference, and returns its report.
+pub async fn verify_all(settings: &Settings) -> serde_json::Value {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_reservation-worker"));
+    command
+        .args(["verify", "--all", "--json"])
+        .env_clear()
+        .envs(settings.to_env());
+    if let Ok(path) = std::env::var("PATH") {
+        command.env("PATH", path);
+    }
+    let out = command.output().await.expect("run verify");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "verify --all failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!(report["ok"], true, "{report}");
+    report
+}
