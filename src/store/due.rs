@@ -41,6 +41,26 @@ impl Store {
         Ok(secs * 1000 + micros / 1000)
     }
 
+    /// Redis's clock at the master of each resource, in ms: on a cluster
+    /// every master has its own, and a hold is due when its own master says
+    /// so. `None` on a single Redis, whose one clock [`Store::time`] read.
+    pub async fn clocks(
+        &self,
+        resources: &[ResourceId],
+    ) -> Result<Option<Vec<Millis>>, StoreError> {
+        if !self.keys.is_cluster() {
+            return Ok(None);
+        }
+        let keys: Vec<String> = resources.iter().map(|r| self.keys.state(r)).collect();
+        let times: Vec<(u64, u64)> = self.each(&keys, |_| redis::cmd("TIME")).await?;
+        Ok(Some(
+            times
+                .into_iter()
+                .map(|(secs, micros)| secs * 1000 + micros / 1000)
+                .collect(),
+        ))
+    }
+
     /// The entries of shard `shard` due at `now`, earliest first, at
     /// most `limit`.
     pub async fn due_in(

@@ -150,11 +150,12 @@ impl Replicas {
             .arg("replication")
             .query_async(conn)
             .await?;
+        // Only replicas that are online can acknowledge: one in a full
+        // resync is connected, but would make every WAIT time out.
         let n = info
             .lines()
-            .find_map(|l| l.strip_prefix("connected_slaves:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+            .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+            .count() as u32;
         *self.known.lock().expect("replica count lock") = Some((n, Instant::now()));
         Ok(n)
     }
@@ -470,25 +471,34 @@ impl Router {
     /// The slot map, read again first when a reply said it is stale.
     async fn map(&self, cluster: &Cluster) -> Result<Arc<SlotMap>, StoreError> {
         if cluster.stale.load(Ordering::Relaxed) {
-            let mut refreshed = cluster.refreshed.lock().await;
-            let due = refreshed.is_none_or(|at| at.elapsed() >= REFRESH_EVERY);
-            if cluster.stale.load(Ordering::Relaxed) && due {
+            let known = !cluster
+                .map
+                .read()
+                .expect("slot map lock")
+                .masters
+                .is_empty();
+            // One refresh at a time; while it runs, the others go on with
+            // the map they have (their replies say again if it is wrong),
+            // unless there is none yet.
+            let guard = if known {
+                cluster.refreshed.try_lock().ok()
+            } else {
+                Some(cluster.refreshed.lock().await)
+            };
+            if let Some(mut refreshed) = guard
+                && refreshed.is_none_or(|at| at.elapsed() >= REFRESH_EVERY)
+                // Cleared before the read: a reply that says stale while
+                // it runs asks for the next one.
+                && cluster.stale.swap(false, Ordering::Relaxed)
+            {
                 let result = self.refresh(cluster).await;
                 *refreshed = Some(Instant::now());
-                match result {
-                    Ok(()) => cluster.stale.store(false, Ordering::Relaxed),
-                    Err(e) => {
-                        let empty = cluster
-                            .map
-                            .read()
-                            .expect("slot map lock")
-                            .masters
-                            .is_empty();
-                        if empty {
-                            return Err(e);
-                        }
-                        tracing::warn!(error = %crate::telemetry::chain(&e), "cannot read the Redis Cluster's slot map; using the last one");
+                if let Err(e) = result {
+                    cluster.stale.store(true, Ordering::Relaxed);
+                    if !known {
+                        return Err(e);
                     }
+                    tracing::warn!(error = %crate::telemetry::chain(&e), "cannot read the Redis Cluster's slot map; using the last one");
                 }
             }
         }
@@ -512,17 +522,23 @@ impl Router {
         }
         let mut last = None;
         for node in candidates {
-            let reply = async {
+            // The whole attempt, connecting included, is bounded: a dead
+            // node must not hold the refresh for the pool's timeouts.
+            let reply = tokio::time::timeout(Duration::from_secs(1), async {
                 let mut conn = node.side.get().await?;
-                let reply: Value = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut *conn),
-                )
-                .await
-                .map_err(|e| unavailable(format!("CLUSTER SLOTS timed out: {e}")))??;
+                let reply: Value = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async(&mut *conn)
+                    .await?;
                 Ok::<_, StoreError>(reply)
-            }
-            .await;
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(unavailable(format!(
+                    "{} did not answer CLUSTER SLOTS within 1 s",
+                    node.addr
+                )))
+            });
             match reply.and_then(|v| parse_slots(&v, &node.addr)) {
                 Ok(ranges) if ranges.iter().map(|r| r.1 - r.0 + 1).sum::<u32>() > 0 => {
                     let map = self.build(&old, ranges)?;

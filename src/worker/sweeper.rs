@@ -109,12 +109,33 @@ async fn release(
     // Owned items: the futures are spawned, and borrowed stream items
     // would tie them to one lifetime.
     let resources: BTreeSet<ResourceId> = entries.iter().map(|e| e.resource.clone()).collect();
+    let store = pipeline.store();
+    // On a Redis Cluster each master has its own clock, and the resource's
+    // master decides whether its hold ran out: an entry not yet due by that
+    // clock stays in the index for a later sweep, never forgotten with its
+    // hold still live.
+    let entries: Vec<DueEntry> = {
+        let listed: Vec<ResourceId> = resources.iter().cloned().collect();
+        match store.clocks(&listed).await.map_err(Failure::Store)? {
+            None => entries.to_vec(),
+            Some(clocks) => {
+                let clock: std::collections::HashMap<&ResourceId, Millis> =
+                    listed.iter().zip(clocks).collect();
+                entries
+                    .iter()
+                    .filter(|e| e.expires_at <= clock[&e.resource])
+                    .cloned()
+                    .collect()
+            }
+        }
+    };
+    let entries = entries.as_slice();
+    let resources: BTreeSet<ResourceId> = entries.iter().map(|e| e.resource.clone()).collect();
     futures_util::stream::iter(resources)
         .map(|resource| async move { pipeline.commit(&resource, &[]).await })
         .buffer_unordered(CONCURRENT_RESOURCES)
         .try_collect::<Vec<_>>()
         .await?;
-    let store = pipeline.store();
     let expiries = store.expiries(entries).await.map_err(Failure::Store)?;
     let recorded: Vec<(Millis, OutgoingEvent)> = entries
         .iter()
