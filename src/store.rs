@@ -304,13 +304,13 @@ impl Store {
         Ok(())
     }
 
-    /// One command per key, built by `command`, each sent to the master of
-    /// its key: one pipeline per master, all at once. The replies come back
-    /// in the order of `keys`.
+    /// One command per key, built by `command` from the key's index and
+    /// the key, each sent to the master of its key: one pipeline per
+    /// master, all at once. The replies come back in the order of `keys`.
     async fn each<T: redis::FromRedisValue>(
         &self,
         keys: &[String],
-        command: impl Fn(&str) -> redis::Cmd,
+        command: impl Fn(usize, &str) -> redis::Cmd,
     ) -> Result<Vec<T>, StoreError> {
         let groups = route::by_node(&self.router, keys).await?;
         let replies =
@@ -319,7 +319,7 @@ impl Store {
                 async move {
                     let mut pipe = redis::pipe();
                     for &i in &indices {
-                        pipe.add_command(command(&keys[i]));
+                        pipe.add_command(command(i, &keys[i]));
                     }
                     let mut conn = self.router.side_of(&node).await?;
                     let values: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
@@ -473,7 +473,7 @@ impl Store {
         let keys = self.scan(&pattern).await?;
         for chunk in keys.chunks(5000) {
             let _: Vec<redis::Value> = self
-                .each(chunk, |key| {
+                .each(chunk, |_, key| {
                     let mut unlink = redis::cmd("UNLINK");
                     unlink.arg(key);
                     unlink

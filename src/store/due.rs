@@ -52,7 +52,7 @@ impl Store {
             return Ok(None);
         }
         let keys: Vec<String> = resources.iter().map(|r| self.keys.state(r)).collect();
-        let times: Vec<(u64, u64)> = self.each(&keys, |_| redis::cmd("TIME")).await?;
+        let times: Vec<(u64, u64)> = self.each(&keys, |_, _| redis::cmd("TIME")).await?;
         Ok(Some(
             times
                 .into_iter()
@@ -112,7 +112,7 @@ impl Store {
             .map(|e| self.keys.expiry(&e.resource, &e.hold))
             .collect();
         let found: Vec<Option<String>> = self
-            .each(&keys, |key| {
+            .each(&keys, |_, key| {
                 let mut get = redis::cmd("GET");
                 get.arg(key);
                 get
@@ -136,8 +136,7 @@ impl Store {
         let shards: Vec<String> = by_shard.keys().map(|s| self.keys.due_index(*s)).collect();
         let members: Vec<&Vec<&str>> = by_shard.values().collect();
         let _: Vec<redis::Value> = self
-            .each(&shards, |key| {
-                let i = shards.iter().position(|k| k == key).expect("a shard's key");
+            .each(&shards, |i, key| {
                 let mut zrem = redis::cmd("ZREM");
                 zrem.arg(key).arg(members[i]);
                 zrem
@@ -151,7 +150,7 @@ impl Store {
     pub async fn due_index_len(&self) -> Result<u64, StoreError> {
         let shards: Vec<String> = (0..DUE_SHARDS).map(|s| self.keys.due_index(s)).collect();
         let sizes: Vec<u64> = self
-            .each(&shards, |key| {
+            .each(&shards, |_, key| {
                 let mut zcard = redis::cmd("ZCARD");
                 zcard.arg(key);
                 zcard

@@ -293,15 +293,8 @@ impl Router {
     pub fn new(dialer: Dialer, cluster: bool) -> Result<Router, StoreError> {
         if !cluster {
             let info = dialer.seeds[0].clone();
-            let addr = match info.addr() {
-                ConnectionAddr::Tcp(h, p)
-                | ConnectionAddr::TcpTls {
-                    host: h, port: p, ..
-                } => {
-                    format!("{h}:{p}")
-                }
-                other => other.to_string(),
-            };
+            let addr = host_port(info.addr())
+                .map_or_else(|| info.addr().to_string(), |(h, p)| format!("{h}:{p}"));
             let tx = dialer.pool(info)?;
             // One pool serves both: a single Redis's transactions never send
             // a side command on another connection.
@@ -511,13 +504,10 @@ impl Router {
         let old = cluster.map.read().expect("slot map lock").clone();
         let mut candidates: Vec<Node> = old.masters.clone();
         for seed in &self.dialer.seeds {
-            if let ConnectionAddr::Tcp(h, p)
-            | ConnectionAddr::TcpTls {
-                host: h, port: p, ..
-            } = seed.addr()
+            if let Some((h, p)) = host_port(seed.addr())
                 && !candidates.iter().any(|n| *n.addr == format!("{h}:{p}"))
             {
-                candidates.push(self.dialer.node(h, *p)?);
+                candidates.push(self.dialer.node(h, p)?);
             }
         }
         let mut last = None;
@@ -577,6 +567,17 @@ impl Router {
             }
         }
         Ok(SlotMap { slots, masters })
+    }
+}
+
+/// The host and port of a TCP address (plain or TLS).
+fn host_port(addr: &ConnectionAddr) -> Option<(&str, u16)> {
+    match addr {
+        ConnectionAddr::Tcp(h, p)
+        | ConnectionAddr::TcpTls {
+            host: h, port: p, ..
+        } => Some((h, *p)),
+        _ => None,
     }
 }
 
