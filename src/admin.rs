@@ -9,4 +9,4 @@ pub use crate::broker::{
     partition_queues,
 };
 pub use crate::store::{Store, StoreError, Summary};
-pub use crate::worker::{Committed, decide_and_commit};
+pub use crate::worker::{Committed, decide_and_commit, decide_and_commit_all};

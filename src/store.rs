@@ -260,6 +260,21 @@ impl Store {
         Ok(reply.ok().and_then(|pair| pair.into_iter().nth(1)))
     }
 
+    /// Which resources one transaction may span: those with the same
+    /// answer. On a single Redis any (`None`); on a cluster those in one
+    /// hash slot, the only keys a transaction can hold together.
+    pub fn transaction_slot(&self, resource: &ResourceId) -> Option<u16> {
+        self.keys
+            .is_cluster()
+            .then(|| keys::slot(&self.keys.state(resource)))
+    }
+
+    /// How many masters serve the data, as far as is known now (1 on a
+    /// single Redis).
+    pub fn master_count(&self) -> usize {
+        self.router.master_count()
+    }
+
     /// Starts an optimistic transaction on `resource`, on a connection of
     /// its own to the master of the resource's slot: WATCH state lives on
     /// the connection, so it is never shared.

@@ -19,7 +19,7 @@ mod retry;
 mod session;
 mod sweeper;
 
-pub use commit::{Committed, decide_and_commit};
+pub use commit::{Committed, decide_and_commit, decide_and_commit_all};
 
 use crate::config::Settings;
 use crate::health::{Health, StoreState};

@@ -324,6 +324,19 @@ impl Router {
         })
     }
 
+    /// How many masters serve the data as far as is known now: 1 on a
+    /// single Redis; on a cluster, the last slot map's masters, or the
+    /// seeds before the first map is read.
+    pub fn master_count(&self) -> usize {
+        match &self.cluster {
+            None => 1,
+            Some(cluster) => {
+                let known = cluster.map.read().map_or(0, |map| map.masters.len());
+                known.max(self.dialer.seeds.len()).max(1)
+            }
+        }
+    }
+
     /// The node that owns `key`.
     pub async fn node_of(&self, key: &str) -> Result<Node, StoreError> {
         let Some(cluster) = &self.cluster else {

@@ -75,125 +75,70 @@ impl<'a> Transaction<'a> {
         resource: &ResourceId,
         reads: &Reads<'_>,
     ) -> Result<Snapshot<OutgoingEvent>, StoreError> {
+        let mut snapshots = self.load_all(&[(resource, reads)]).await?;
+        Ok(snapshots.remove(0))
+    }
+
+    /// [`Transaction::load`] for several resources at once, one WATCH and
+    /// one round trip for all of them: their snapshots, in order. All are
+    /// decided at the same `now`. On a cluster the resources must share a
+    /// hash slot (a transaction's keys always do).
+    pub async fn load_all(
+        &mut self,
+        group: &[(&ResourceId, &Reads<'_>)],
+    ) -> Result<Vec<Snapshot<OutgoingEvent>>, StoreError> {
         let keys = self.keys;
-        let marker = keys.marker(resource);
-        let state_key = keys.state(resource);
-        let record_keys: Vec<String> = reads
-            .commands
+        let record_keys: Vec<Vec<String>> = group
             .iter()
-            .map(|c| keys.record(resource, c))
+            .map(|(resource, reads)| {
+                let record = |c: &&CommandId| keys.record(resource, c);
+                reads.commands.iter().map(record).collect()
+            })
             .collect();
+        let mut watch = redis::cmd("WATCH");
+        for ((resource, _), records) in group.iter().zip(&record_keys) {
+            watch
+                .arg(keys.marker(resource))
+                .arg(keys.state(resource))
+                .arg(records);
+        }
         let mut pipe = redis::pipe();
-        pipe.cmd("WATCH")
-            .arg(&marker)
-            .arg(&state_key)
-            .arg(&record_keys)
-            .ignore();
-        pipe.exists(&marker);
+        pipe.add_command(watch).ignore();
         pipe.cmd("TIME");
-        pipe.cmd("ZRANGE")
-            .arg(keys.holds(resource))
-            .arg(0)
-            .arg(0)
-            .arg("WITHSCORES");
-        pipe.get(&state_key);
-        // A sweep's batch is empty: it names no command.
-        if !reads.commands.is_empty() {
-            pipe.cmd("MGET").arg(&record_keys);
-            pipe.cmd("HMGET")
-                .arg(keys.applied(resource))
-                .arg(ids(&reads.commands));
-        }
-        if !reads.customers.is_empty() {
-            pipe.cmd("HMGET").arg(keys.holdings(resource)).arg(
-                reads
-                    .customers
-                    .iter()
-                    .map(|c| c.as_str())
-                    .collect::<Vec<_>>(),
-            );
-        }
-        if !reads.reservations.is_empty() {
-            pipe.cmd("HMGET")
-                .arg(keys.reservations(resource))
-                .arg(ids(&reads.reservations));
+        for ((resource, reads), records) in group.iter().zip(&record_keys) {
+            queue_reads(&mut pipe, keys, resource, reads, records);
         }
         let replies: Vec<Value> = pipe.query_async(self.conn()).await?;
         let mut replies = replies.into_iter();
         let mut next = || replies.next().unwrap_or(Value::Nil);
-
-        let initialised: bool = parse(next(), &marker)?;
-        if !initialised {
-            return Err(StoreError::Uninitialised { key: marker });
-        }
         let (secs, micros): (u64, u64) = parse(next(), "TIME")?;
         let now = secs * 1000 + micros / 1000;
-        let earliest: Vec<(String, f64)> = parse(next(), &keys.holds(resource))?;
-        let state: Option<String> = parse(next(), &state_key)?;
-        let mut snapshot = Snapshot {
-            resource_id: resource.clone(),
-            now,
-            due: Vec::new(),
-            state: State {
-                resource: state
-                    .map(|json| from_json::<Resource>(&json, &state_key))
-                    .transpose()?,
-                ..State::default()
-            },
-            records: HashMap::new(),
-            funds: HashMap::new(),
-        };
-        let mut expired: Vec<(&CommandId, Applied)> = Vec::new();
-        if !reads.commands.is_empty() {
-            let records: Vec<Option<String>> = parse(next(), "the records")?;
-            for ((id, key), json) in reads.commands.iter().zip(&record_keys).zip(records) {
-                if let Some(json) = json {
-                    snapshot.records.insert(
-                        (*id).clone(),
-                        from_json::<Record<OutgoingEvent>>(&json, key)?,
-                    );
-                }
+        let mut loaded = Vec::with_capacity(group.len());
+        for ((resource, reads), records) in group.iter().zip(&record_keys) {
+            loaded.push(read_snapshot(
+                &mut next, keys, resource, reads, records, now,
+            )?);
+        }
+        let mut snapshots = Vec::with_capacity(group.len());
+        for Loaded {
+            mut snapshot,
+            expired,
+            due,
+        } in loaded
+        {
+            let resource = snapshot.resource_id.clone();
+            if !expired.is_empty() {
+                let recovered = self.recover(&resource, &expired).await?;
+                snapshot.records.extend(recovered);
             }
-            let applied_key = keys.applied(resource);
-            let applied: Vec<Option<String>> = parse(next(), &applied_key)?;
-            for (id, entry) in reads.commands.iter().zip(applied) {
-                if let Some(entry) = entry
-                    && !snapshot.records.contains_key(*id)
-                    && !expired.iter().any(|(e, _)| e == id)
-                {
-                    expired.push((*id, parse_applied(&entry, &applied_key)?));
-                }
+            // Holds that have run out: a second round trip, only when
+            // there are.
+            if due {
+                snapshot.due = self.due(&resource, now).await?;
             }
+            snapshots.push(snapshot);
         }
-        if !reads.customers.is_empty() {
-            let key = keys.holdings(resource);
-            let held: Vec<Option<u32>> = parse(next(), &key)?;
-            for (c, h) in reads.customers.iter().zip(held) {
-                snapshot.state.holdings.insert((*c).clone(), h.unwrap_or(0));
-            }
-        }
-        if !reads.reservations.is_empty() {
-            let key = keys.reservations(resource);
-            let found: Vec<Option<String>> = parse(next(), &key)?;
-            for (id, json) in reads.reservations.iter().zip(found) {
-                if let Some(json) = json {
-                    let reservation = from_json(&json, &key)?;
-                    snapshot
-                        .state
-                        .reservations
-                        .insert((*id).clone(), reservation);
-                }
-            }
-        }
-        if !expired.is_empty() {
-            let recovered = self.recover(resource, &expired).await?;
-            snapshot.records.extend(recovered);
-        }
-        // Holds that have run out: a second round trip, only when there are.
-        if earliest.first().is_some_and(|(_, at)| *at as u64 <= now) {
-            snapshot.due = self.due(resource, now).await?;
-        }
-        Ok(snapshot)
+        Ok(snapshots)
     }
 
     /// Every hold of `resource` that has run out at `now`, earliest first.
@@ -218,30 +163,46 @@ impl<'a> Transaction<'a> {
     }
 
     /// Puts holds about to be committed into the due-time index that the
-    /// workers sweep. Done before the commit: an entry for a hold that was
-    /// not committed after all costs the sweep one look, but a committed
-    /// hold missing from the index would run out unnoticed.
+    /// workers sweep, for every resource of the group. Done before the
+    /// commit: an entry for a hold that was not committed after all costs
+    /// the sweep one look, but a committed hold missing from the index
+    /// would run out unnoticed.
     pub async fn index_holds(
         &mut self,
-        resource: &ResourceId,
-        holds: &[DueHold],
+        group: &[(&ResourceId, &[DueHold])],
     ) -> Result<(), StoreError> {
         let keys = self.keys;
-        let index = keys.due_index(keys.due_shard(resource));
-        let mut pipe = redis::pipe();
-        for hold in holds {
-            let entry = serde_json::json!([resource, hold.id, hold.expires_at]).to_string();
-            pipe.zadd(&index, entry, hold.expires_at).ignore();
+        // One pipeline per master that holds an index shard of the group.
+        let mut by_node: Vec<(super::route::Node, redis::Pipeline)> = Vec::new();
+        for (resource, holds) in group {
+            if holds.is_empty() {
+                continue;
+            }
+            let index = keys.due_index(keys.due_shard(resource));
+            let node = self.store.router.node_of(&index).await?;
+            let at = match by_node.iter().position(|(n, _)| n.addr == node.addr) {
+                Some(at) => at,
+                None => {
+                    by_node.push((node, redis::pipe()));
+                    by_node.len() - 1
+                }
+            };
+            let pipe = &mut by_node[at].1;
+            for hold in *holds {
+                let entry = serde_json::json!([resource, hold.id, hold.expires_at]).to_string();
+                pipe.zadd(&index, entry, hold.expires_at).ignore();
+            }
         }
-        // On a cluster the index shard may live on another master: a
+        // On a cluster an index shard may live on another master: a
         // connection to it from the side pool, never held while waiting for
         // another, so no two transactions can deadlock on each other.
-        let node = self.store.router.node_of(&index).await?;
-        if *node.addr == *self.conn().node() {
-            pipe.query_async::<()>(self.conn()).await?;
-        } else {
-            let mut side = self.store.router.side_of(&node).await?;
-            pipe.query_async::<()>(&mut side).await?;
+        for (node, pipe) in by_node {
+            if *node.addr == *self.conn().node() {
+                pipe.query_async::<()>(self.conn()).await?;
+            } else {
+                let mut side = self.store.router.side_of(&node).await?;
+                pipe.query_async::<()>(&mut side).await?;
+            }
         }
         Ok(())
     }
@@ -287,16 +248,30 @@ impl<'a> Transaction<'a> {
     /// it can, unless a watched key changed since [`Transaction::load`].
     /// Ends the transaction either way.
     pub async fn commit(
-        mut self,
+        self,
         resource: &ResourceId,
         changes: &ChangeSet<OutgoingEvent>,
     ) -> Result<Commit, StoreError> {
-        if changes.is_empty() {
+        self.commit_all(&[(resource, changes)]).await
+    }
+
+    /// [`Transaction::commit`] for every resource that
+    /// [`Transaction::load_all`] loaded: one MULTI/EXEC writes them all, or
+    /// none of them if any watched key changed.
+    pub async fn commit_all(
+        mut self,
+        group: &[(&ResourceId, &ChangeSet<OutgoingEvent>)],
+    ) -> Result<Commit, StoreError> {
+        if group.iter().all(|(_, changes)| changes.is_empty()) {
             redis::cmd("UNWATCH").exec_async(self.conn()).await?;
             self.release();
             return Ok(Commit::Committed);
         }
-        let tx = self.multi(resource, changes);
+        let mut tx = redis::pipe();
+        tx.atomic();
+        for (resource, changes) in group {
+            self.multi(&mut tx, resource, changes);
+        }
         let committed: Option<()> = tx.query_async(self.conn()).await?;
         // EXEC ends the WATCH whatever its result: the connection is clean.
         let outcome = match committed {
@@ -324,11 +299,14 @@ impl<'a> Transaction<'a> {
         drop(self.conn.take());
     }
 
-    /// The MULTI body.
-    fn multi(&self, resource: &ResourceId, changes: &ChangeSet<OutgoingEvent>) -> redis::Pipeline {
+    /// Queues one resource's part of the MULTI body.
+    fn multi(
+        &self,
+        tx: &mut redis::Pipeline,
+        resource: &ResourceId,
+        changes: &ChangeSet<OutgoingEvent>,
+    ) {
         let keys = self.keys;
-        let mut tx = redis::pipe();
-        tx.atomic();
         if let Some(r) = &changes.resource {
             tx.set(keys.state(resource), to_json(r)).ignore();
         }
@@ -418,7 +396,6 @@ impl<'a> Transaction<'a> {
                 .arg("KEEPTTL")
                 .ignore();
         }
-        tx
     }
 }
 
@@ -484,4 +461,131 @@ fn parse_applied(entry: &str, key: &str) -> Result<Applied, StoreError> {
 /// A stored JSON value as `T`, or `key` is unreadable.
 fn from_json<T: serde::de::DeserializeOwned>(json: &str, key: &str) -> Result<T, StoreError> {
     serde_json::from_str(json).map_err(|e| corrupt(key, e))
+}
+
+/// One resource's snapshot as its first round trip read it.
+struct Loaded<'r> {
+    snapshot: Snapshot<OutgoingEvent>,
+    /// Accepted commands whose records expired: rebuilt from the history.
+    expired: Vec<(&'r CommandId, Applied)>,
+    /// Whether a hold has run out: the due ones are read next.
+    due: bool,
+}
+
+/// Queues the reads of one resource of a [`Transaction::load_all`].
+fn queue_reads(
+    pipe: &mut redis::Pipeline,
+    keys: &Keys,
+    resource: &ResourceId,
+    reads: &Reads<'_>,
+    record_keys: &[String],
+) {
+    pipe.exists(keys.marker(resource));
+    pipe.cmd("ZRANGE")
+        .arg(keys.holds(resource))
+        .arg(0)
+        .arg(0)
+        .arg("WITHSCORES");
+    pipe.get(keys.state(resource));
+    // A sweep's batch is empty: it names no command.
+    if !reads.commands.is_empty() {
+        pipe.cmd("MGET").arg(record_keys);
+        pipe.cmd("HMGET")
+            .arg(keys.applied(resource))
+            .arg(ids(&reads.commands));
+    }
+    if !reads.customers.is_empty() {
+        pipe.cmd("HMGET").arg(keys.holdings(resource)).arg(
+            reads
+                .customers
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>(),
+        );
+    }
+    if !reads.reservations.is_empty() {
+        pipe.cmd("HMGET")
+            .arg(keys.reservations(resource))
+            .arg(ids(&reads.reservations));
+    }
+}
+
+/// Reads back what [`queue_reads`] queued, in the same order.
+fn read_snapshot<'r>(
+    next: &mut impl FnMut() -> Value,
+    keys: &Keys,
+    resource: &ResourceId,
+    reads: &Reads<'r>,
+    record_keys: &[String],
+    now: Millis,
+) -> Result<Loaded<'r>, StoreError> {
+    let marker = keys.marker(resource);
+    let state_key = keys.state(resource);
+    let initialised: bool = parse(next(), &marker)?;
+    if !initialised {
+        return Err(StoreError::Uninitialised { key: marker });
+    }
+    let earliest: Vec<(String, f64)> = parse(next(), &keys.holds(resource))?;
+    let state: Option<String> = parse(next(), &state_key)?;
+    let mut snapshot = Snapshot {
+        resource_id: resource.clone(),
+        now,
+        due: Vec::new(),
+        state: State {
+            resource: state
+                .map(|json| from_json::<Resource>(&json, &state_key))
+                .transpose()?,
+            ..State::default()
+        },
+        records: HashMap::new(),
+        funds: HashMap::new(),
+    };
+    let mut expired: Vec<(&CommandId, Applied)> = Vec::new();
+    if !reads.commands.is_empty() {
+        let records: Vec<Option<String>> = parse(next(), "the records")?;
+        for ((id, key), json) in reads.commands.iter().zip(record_keys).zip(records) {
+            if let Some(json) = json {
+                snapshot.records.insert(
+                    (*id).clone(),
+                    from_json::<Record<OutgoingEvent>>(&json, key)?,
+                );
+            }
+        }
+        let applied_key = keys.applied(resource);
+        let applied: Vec<Option<String>> = parse(next(), &applied_key)?;
+        for (id, entry) in reads.commands.iter().zip(applied) {
+            if let Some(entry) = entry
+                && !snapshot.records.contains_key(*id)
+                && !expired.iter().any(|(e, _)| e == id)
+            {
+                expired.push((*id, parse_applied(&entry, &applied_key)?));
+            }
+        }
+    }
+    if !reads.customers.is_empty() {
+        let key = keys.holdings(resource);
+        let held: Vec<Option<u32>> = parse(next(), &key)?;
+        for (c, h) in reads.customers.iter().zip(held) {
+            snapshot.state.holdings.insert((*c).clone(), h.unwrap_or(0));
+        }
+    }
+    if !reads.reservations.is_empty() {
+        let key = keys.reservations(resource);
+        let found: Vec<Option<String>> = parse(next(), &key)?;
+        for (id, json) in reads.reservations.iter().zip(found) {
+            if let Some(json) = json {
+                let reservation = from_json(&json, &key)?;
+                snapshot
+                    .state
+                    .reservations
+                    .insert((*id).clone(), reservation);
+            }
+        }
+    }
+    let due = earliest.first().is_some_and(|(_, at)| *at as u64 <= now);
+    Ok(Loaded {
+        snapshot,
+        expired,
+        due,
+    })
 }

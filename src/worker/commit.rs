@@ -7,6 +7,7 @@ use crate::domain::{self, BudgetId, CommandId, Funds, Outcome, ResourceId, Submi
 use crate::failpoint;
 use crate::message::OutgoingEvent;
 use crate::store::{Commit, Store, StoreError};
+use futures_util::future::try_join_all;
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
@@ -42,35 +43,71 @@ pub async fn decide_and_commit(
     resource: &ResourceId,
     batch: &[Submission],
 ) -> Result<Option<Committed>, StoreError> {
-    let reads = domain::reads(batch);
+    let committed = decide_and_commit_all(store, &[(resource, batch)]).await?;
+    Ok(committed.map(|mut all| all.remove(0)))
+}
+
+/// [`decide_and_commit`] for the batches of several resources in one
+/// transaction: one WATCH, one load, one MULTI/EXEC for all of them, so
+/// many resources cost the round trips of one. All or none commit: `None`
+/// if another writer changed any watched key first. On a cluster the
+/// resources must share a hash slot.
+pub async fn decide_and_commit_all(
+    store: &Store,
+    group: &[(&ResourceId, &[Submission])],
+) -> Result<Option<Vec<Committed>>, StoreError> {
+    let Some((first, _)) = group.first() else {
+        return Ok(Some(Vec::new()));
+    };
+    let reads: Vec<_> = group
+        .iter()
+        .map(|(_, batch)| domain::reads(batch))
+        .collect();
+    let loads: Vec<_> = group.iter().map(|(r, _)| *r).zip(&reads).collect();
     let mut funds: HashMap<CommandId, Funds> = HashMap::new();
     for _ in 0..MAX_ASK_ROUNDS {
-        let mut tx = store.begin(resource).await?;
-        let mut snapshot = tx.load(resource, &reads).await?;
-        snapshot.funds.clone_from(&funds);
-        let now = domain::at(snapshot.now);
-        let decision = domain::decide_batch(snapshot, batch, |event| {
-            OutgoingEvent::new(event, Uuid::new_v4(), now)
-        });
-        if !decision.asks.is_empty() {
+        let mut tx = store.begin(first).await?;
+        let snapshots = tx.load_all(&loads).await?;
+        let mut decisions = Vec::with_capacity(group.len());
+        let mut asks = Vec::new();
+        for (mut snapshot, (_, batch)) in snapshots.into_iter().zip(group) {
+            snapshot.funds.clone_from(&funds);
+            let now = domain::at(snapshot.now);
+            let mut decision = domain::decide_batch(snapshot, batch, |event| {
+                OutgoingEvent::new(event, Uuid::new_v4(), now)
+            });
+            asks.append(&mut decision.asks);
+            decisions.push(decision);
+        }
+        if !asks.is_empty() {
             tx.cancel().await?;
-            if !set_aside(store, decision.asks, &mut funds).await? {
+            if !set_aside(store, asks, &mut funds).await? {
                 return Ok(None);
             }
             failpoint::hit("budget.after_set_aside");
             continue;
         }
-        if !decision.changes.holds_added.is_empty() {
-            tx.index_holds(resource, &decision.changes.holds_added)
-                .await?;
+        let holds: Vec<_> = group
+            .iter()
+            .zip(&decisions)
+            .map(|((r, _), d)| (*r, d.changes.holds_added.as_slice()))
+            .collect();
+        if holds.iter().any(|(_, h)| !h.is_empty()) {
+            tx.index_holds(&holds).await?;
         }
-        return match tx.commit(resource, &decision.changes).await? {
+        let changes: Vec<_> = group
+            .iter()
+            .zip(&decisions)
+            .map(|((r, _), d)| (*r, &d.changes))
+            .collect();
+        return match tx.commit_all(&changes).await? {
             Commit::Committed => {
                 failpoint::hit("budget.after_commit");
-                Ok(Some(Committed {
-                    outcomes: decision.outcomes,
-                    refunds: decision.refunds,
-                }))
+                let committed = decisions.into_iter().map(|d| Committed {
+                    outcomes: d.outcomes,
+                    refunds: d.refunds,
+                });
+                Ok(Some(committed.collect()))
             }
             Commit::Conflict => Ok(None),
         };
@@ -89,9 +126,16 @@ async fn set_aside(
     for (budget, ask) in asks {
         by_budget.entry(budget).or_default().push(ask);
     }
-    for (budget, asks) in by_budget {
-        let Some(answers) = store.set_aside(&budget, &asks).await? else {
-            return Ok(false);
+    // Budgets are independent: asked at once, each on its own connection.
+    let asking = by_budget.into_iter().map(|(budget, asks)| async move {
+        let answers = store.set_aside(&budget, &asks).await?;
+        Ok::<_, StoreError>((budget, asks, answers))
+    });
+    let mut all = true;
+    for (budget, asks, answers) in try_join_all(asking).await? {
+        let Some(answers) = answers else {
+            all = false;
+            continue;
         };
         for (ask, answer) in asks.into_iter().zip(answers) {
             let answered = Funds {
@@ -102,5 +146,5 @@ async fn set_aside(
             funds.insert(ask.command_id, answered);
         }
     }
-    Ok(true)
+    Ok(all)
 }

@@ -8,7 +8,7 @@
 //! redelivers it and the idempotency record turns the redelivery into a
 //! re-publish of the same event.
 
-use super::commit::{Committed, decide_and_commit};
+use super::commit::decide_and_commit_all;
 use super::lanes::Lanes;
 use super::retry::{backoff, full_jitter};
 use crate::broker::{Delivery, Message, PublishError, Publisher};
@@ -236,8 +236,9 @@ impl Pipeline {
     }
 
     /// Queues a command for its decision: with group commit, behind its
-    /// resource's lane (started if none runs), to be decided together with
-    /// whatever else waits there; without, on its own.
+    /// resource's lane, to be decided with whatever else waits there and
+    /// in other ready lanes (a committer starts if work is ready and fewer
+    /// than the limit run); without, on its own.
     fn queue(self: &Arc<Self>, submission: Submission, pending: Pending) {
         let this = self.clone();
         if !self.settings.worker.group_commit {
@@ -247,46 +248,101 @@ impl Pipeline {
                 let decided = decided.map(|mut outcomes| outcomes.remove(0));
                 this.finish(pending, decided).await
             });
-        } else if let Some(resource) = self.lanes.push(submission, pending) {
+        } else if self.lanes.push(submission, pending, self.committers()) {
             self.tracker
-                .spawn(async move { this.run_lane(resource).await });
+                .spawn(async move { this.run_committer().await });
         }
     }
 
-    /// Commits batches for one resource until none waits. Each committed
-    /// batch's commands are published and settled together in one task,
-    /// while the lane goes on to its next transaction.
-    async fn run_lane(self: Arc<Self>, resource: ResourceId) {
+    /// How many transactions of grouped batches may run at once: one per
+    /// pooled connection of every master. Work that arrives while all run
+    /// waits in its lanes, and the next group takes it together.
+    fn committers(&self) -> usize {
+        self.settings.redis.pool_size * self.store.master_count()
+    }
+
+    /// Commits groups of ready lanes until none is ready. Each committed
+    /// group's commands are published and settled together in one task,
+    /// while the committer goes on to its next transaction.
+    async fn run_committer(self: Arc<Self>) {
         let max = self.settings.worker.max_batch;
-        while let Some(batch) = self
+        let slot = |r: &ResourceId| self.store.transaction_slot(r);
+        while let Some(group) = self
             .lanes
-            .next_batch(&resource, max, self.abandon.is_cancelled())
+            .next_group(max, slot, self.abandon.is_cancelled())
         {
-            let (batch, pending): (Vec<Submission>, Vec<Pending>) = batch.into_iter().unzip();
-            let decided: Vec<Result<_, Failure>> = match self.commit(&resource, &batch).await {
-                Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-                Err(failure) if batch.len() > 1 && !matches!(failure, Failure::Abandoned) => {
-                    // One bad command must not take its batch down with it:
-                    // commit each alone so only the culprit fails.
-                    warn!(error = %chain(&failure), size = batch.len(), "batch failed; committing its commands one by one");
-                    let mut decided = Vec::with_capacity(batch.len());
-                    for submission in &batch {
-                        let alone = self.commit(&resource, std::slice::from_ref(submission));
-                        decided.push(alone.await.map(|mut outcomes| outcomes.remove(0)));
-                    }
-                    decided
-                }
-                Err(failure) => {
-                    let mut decided = vec![Err(failure)];
-                    decided.resize_with(batch.len(), || Err(Failure::Abandoned));
-                    decided
-                }
-            };
+            let mut batches = Vec::with_capacity(group.len());
+            let mut pending = Vec::new();
+            for (resource, waiting) in group {
+                let (batch, then): (Vec<Submission>, Vec<Pending>) = waiting.into_iter().unzip();
+                batches.push((resource, batch));
+                pending.extend(then);
+            }
+            let decided = self.decide_group(&batches).await;
+            self.lanes.done(batches.iter().map(|(r, _)| r));
             let finishing = pending
                 .into_iter()
-                .zip(decided)
+                .zip(decided.into_iter().flatten())
                 .map(|(p, d)| self.clone().finish(p, d));
             self.tracker.spawn(join_all(finishing));
+        }
+    }
+
+    /// Decides a group's batches in one transaction, each command's result
+    /// in group order. A group that loses a WATCH race, or that Redis
+    /// refuses, is split in halves that go on alone, so a retry touches
+    /// only the part where the race or the culprit is.
+    fn decide_group<'a>(
+        &'a self,
+        group: &'a [(ResourceId, Vec<Submission>)],
+    ) -> futures_util::future::BoxFuture<'a, Vec<Vec<Decided>>> {
+        Box::pin(async move {
+            if let [(resource, batch)] = group {
+                return vec![self.decide_batch(resource, batch).await];
+            }
+            let batches: Vec<(&ResourceId, &[Submission])> =
+                group.iter().map(|(r, b)| (r, b.as_slice())).collect();
+            match self.commit_all(&batches, false).await {
+                Ok(Some(outcomes)) => outcomes
+                    .into_iter()
+                    .map(|o| o.into_iter().map(Ok).collect())
+                    .collect(),
+                Ok(None) | Err(Failure::Store(_)) => {
+                    let (left, right) = group.split_at(group.len() / 2);
+                    let (mut left, right) =
+                        tokio::join!(self.decide_group(left), self.decide_group(right));
+                    left.extend(right);
+                    left
+                }
+                Err(_) => group
+                    .iter()
+                    .map(|(_, batch)| batch.iter().map(|_| Err(Failure::Abandoned)).collect())
+                    .collect(),
+            }
+        })
+    }
+
+    /// Decides one resource's batch, each command's result in batch order.
+    /// One bad command must not take its batch down with it: if Redis
+    /// refuses the batch, each command is committed alone so only the
+    /// culprit fails.
+    async fn decide_batch(&self, resource: &ResourceId, batch: &[Submission]) -> Vec<Decided> {
+        match self.commit(resource, batch).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(failure) if batch.len() > 1 && !matches!(failure, Failure::Abandoned) => {
+                warn!(error = %chain(&failure), size = batch.len(), "batch failed; committing its commands one by one");
+                let mut decided = Vec::with_capacity(batch.len());
+                for submission in batch {
+                    let alone = self.commit(resource, std::slice::from_ref(submission));
+                    decided.push(alone.await.map(|mut outcomes| outcomes.remove(0)));
+                }
+                decided
+            }
+            Err(failure) => {
+                let mut decided = vec![Err(failure)];
+                decided.resize_with(batch.len(), || Err(Failure::Abandoned));
+                decided
+            }
         }
     }
 
@@ -297,21 +353,42 @@ impl Pipeline {
         resource: &ResourceId,
         batch: &[Submission],
     ) -> Result<Vec<Outcome<OutgoingEvent>>, Failure> {
+        let mut committed = self
+            .commit_all(&[(resource, batch)], true)
+            .await?
+            .expect("retried until committed");
+        Ok(committed.remove(0))
+    }
+
+    /// Commits the batches of several resources in one transaction,
+    /// waiting out outages, then settles what the outcomes owe budgets.
+    /// A lost WATCH race is retried when `retry_conflicts`, else `None`.
+    async fn commit_all(
+        &self,
+        group: &[(&ResourceId, &[Submission])],
+        retry_conflicts: bool,
+    ) -> Result<Option<Vec<Vec<Outcome<OutgoingEvent>>>>, Failure> {
         let started = Instant::now();
+        let attempt = || decide_and_commit_all(&self.store, group);
+        let Some(committed) = self.attempting(attempt, retry_conflicts).await? else {
+            return Ok(None);
+        };
+        let commands: usize = group.iter().map(|(_, batch)| batch.len()).sum();
         // A sweep's empty batch is not a batch of commands.
-        if !batch.is_empty() {
-            metrics::histogram!(metric::BATCH_SIZE).record(batch.len() as f64);
+        if commands > 0 {
+            metrics::histogram!(metric::BATCH_SIZE).record(commands as f64);
         }
-        let Committed { outcomes, refunds } = self
-            .retrying(|| decide_and_commit(&self.store, resource, batch))
-            .await?;
         metrics::counter!(metric::COMMITS).increment(1);
         metrics::histogram!(metric::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
         // Step 3 of a budgeted take, cancel or expiry: the budget agrees
         // with the outcome before anyone hears of it.
-        let steps = outcomes.iter().filter_map(|o| o.event().step.as_ref());
-        self.settle_budgets(steps.chain(&refunds)).await?;
-        Ok(outcomes)
+        let mut steps: Vec<&BudgetStep> = Vec::new();
+        for c in &committed {
+            steps.extend(c.outcomes.iter().filter_map(|o| o.event().step.as_ref()));
+            steps.extend(&c.refunds);
+        }
+        self.settle_budgets(steps.into_iter()).await?;
+        Ok(Some(committed.into_iter().map(|c| c.outcomes).collect()))
     }
 
     /// Makes each event's budget agree with it (see
@@ -328,7 +405,9 @@ impl Pipeline {
                 .or_default()
                 .push(step.clone());
         }
-        for (budget, steps) in by_budget {
+        // Budgets are independent: settled at once, each on its own
+        // connection.
+        let settling = by_budget.into_iter().map(|(budget, steps)| async move {
             self.retrying(|| async {
                 match self.store.settle(budget, &steps).await {
                     Ok(settled) => Ok(settled.then_some(())),
@@ -340,7 +419,10 @@ impl Pipeline {
                     Err(e) => Err(e),
                 }
             })
-            .await?;
+            .await
+        });
+        for settled in join_all(settling).await {
+            settled?;
         }
         Ok(())
     }
@@ -359,7 +441,21 @@ impl Pipeline {
     /// WATCH races (`Ok(None)`) with jittered backoff and waiting out Redis
     /// outages in place: an outage is no reason to burn the messages'
     /// delivery attempts.
-    async fn retrying<T, F>(&self, mut attempt: impl FnMut() -> F) -> Result<T, Failure>
+    async fn retrying<T, F>(&self, attempt: impl FnMut() -> F) -> Result<T, Failure>
+    where
+        F: Future<Output = Result<Option<T>, StoreError>>,
+    {
+        let done = self.attempting(attempt, true).await?;
+        Ok(done.expect("retried until done"))
+    }
+
+    /// [`Self::retrying`], or, unless `retry_conflicts`, `None` at the
+    /// first lost race.
+    async fn attempting<T, F>(
+        &self,
+        mut attempt: impl FnMut() -> F,
+        retry_conflicts: bool,
+    ) -> Result<Option<T>, Failure>
     where
         F: Future<Output = Result<Option<T>, StoreError>>,
     {
@@ -372,10 +468,13 @@ impl Pipeline {
                     if self.health.set_store(StoreState::Ok) {
                         info!("redis works again; deciding");
                     }
-                    return Ok(done);
+                    return Ok(Some(done));
                 }
                 Ok(None) => {
                     metrics::counter!(metric::WATCH_CONFLICTS).increment(1);
+                    if !retry_conflicts {
+                        return Ok(None);
+                    }
                     conflicts += 1;
                     if conflicts % max_attempts == 0 {
                         // Other writers keep winning: step back for longer,

@@ -1,4 +1,4 @@
-//! Replicas racing on one hot resource.
+//! Replicas racing on one hot resource, and on many at once.
 
 use crate::helpers::*;
 use futures_util::StreamExt;
@@ -63,6 +63,46 @@ async fn four_workers_never_oversell_a_hot_resource() {
         .count();
     assert_eq!(accepted_reserves, 100);
     assert_eq!(history.len(), 1001);
+    app.cleanup().await;
+}
+
+/// Each replica decides the waiting commands of many resources in one
+/// transaction; four replicas' groups overlap on every resource, so their
+/// WATCHes race on all of them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_workers_deciding_many_resources_together_never_oversell_any() {
+    let mut app = TestApp::new().await;
+    let resources: Vec<String> = (0..20).map(|i| format!("hall{i}")).collect();
+    let defines: Vec<_> = resources
+        .iter()
+        .map(|r| define(&format!("d-{r}"), r, 10, None))
+        .collect();
+    send_all(&app, &defines).await;
+    for _ in 0..4 {
+        app.start_worker();
+    }
+    app.wait_for_events(defines.len()).await;
+    // 30 reserves per resource, interleaved so every group spans many.
+    let bodies: Vec<_> = (0..600)
+        .map(|i| {
+            let r = &resources[i % resources.len()];
+            reserve(&format!("r{i}"), r, &format!("u{i}"), 1)
+        })
+        .collect();
+    send_all(&app, &bodies).await;
+    app.wait_for_events(defines.len() + bodies.len()).await;
+
+    for r in &resources {
+        let (accepted, rejected) = count_reasons(&app, r);
+        assert_eq!(accepted, 10 + 1, "{r}: 10 reserves and the define");
+        assert_eq!(rejected.get(&Reason::SoldOut), Some(&20), "{r}");
+        let s = app.store.summary(&rid(r)).await.unwrap().unwrap();
+        assert_eq!((s.reserved, s.remaining, s.version), (10, 0, 11), "{r}");
+    }
+    for b in &bodies {
+        let id = b.command_id();
+        assert_eq!(app.events_for(id.as_str()).len(), 1, "one outcome for {id}");
+    }
     app.cleanup().await;
 }
 
