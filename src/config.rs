@@ -157,6 +157,8 @@ pub struct WorkerSettings {
     pub group_commit: bool,
     /// Most commands in one transaction.
     pub max_batch: usize,
+    /// Transactions of grouped batches running at once, per Redis master.
+    pub committers: usize,
     /// Drain time on shutdown.
     pub shutdown_grace_secs: u64,
     /// How often to look for holds that have run out.

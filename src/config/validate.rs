@@ -112,6 +112,7 @@ pub fn problems(s: &Settings) -> Vec<Problem> {
         w.reconnect_base_ms..=600_000,
     );
     p.range("worker.max_batch", w.max_batch as u64, 1..=10_000);
+    p.range("worker.committers", w.committers as u64, 1..=1_000);
     p.range(
         "worker.shutdown_grace_secs",
         w.shutdown_grace_secs,

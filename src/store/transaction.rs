@@ -95,28 +95,48 @@ impl<'a> Transaction<'a> {
                 reads.commands.iter().map(record).collect()
             })
             .collect();
+        // One setup marker per slot: on a single Redis, or within a
+        // cluster group, usually one for the whole group.
+        let mut markers: Vec<String> = group.iter().map(|(r, _)| keys.marker(r)).collect();
+        markers.sort_unstable();
+        markers.dedup();
+        let states: Vec<String> = group.iter().map(|(r, _)| keys.state(r)).collect();
         let mut watch = redis::cmd("WATCH");
-        for ((resource, _), records) in group.iter().zip(&record_keys) {
-            watch
-                .arg(keys.marker(resource))
-                .arg(keys.state(resource))
-                .arg(records);
-        }
+        watch.arg(&markers).arg(&states).arg(&record_keys);
         let mut pipe = redis::pipe();
         pipe.add_command(watch).ignore();
         pipe.cmd("TIME");
-        for ((resource, reads), records) in group.iter().zip(&record_keys) {
-            queue_reads(&mut pipe, keys, resource, reads, records);
+        pipe.cmd("EXISTS").arg(&markers);
+        // Every state and record of the group in one MGET: they are plain
+        // strings, and share the group's slot.
+        pipe.cmd("MGET").arg(&states).arg(&record_keys);
+        for (resource, reads) in group {
+            queue_reads(&mut pipe, keys, resource, reads);
         }
         let replies: Vec<Value> = pipe.query_async(self.conn()).await?;
         let mut replies = replies.into_iter();
         let mut next = || replies.next().unwrap_or(Value::Nil);
         let (secs, micros): (u64, u64) = parse(next(), "TIME")?;
         let now = secs * 1000 + micros / 1000;
+        let initialised: usize = parse(next(), "the setup markers")?;
+        if initialised < markers.len() {
+            return Err(StoreError::Uninitialised {
+                key: markers.join(", "),
+            });
+        }
+        let strings: Vec<Option<String>> = parse(next(), "the states and records")?;
+        let (found_states, found_records) = strings.split_at(states.len().min(strings.len()));
+        let mut found_records = found_records.iter().cloned();
         let mut loaded = Vec::with_capacity(group.len());
-        for ((resource, reads), records) in group.iter().zip(&record_keys) {
+        for (((resource, reads), records), state) in
+            group.iter().zip(&record_keys).zip(found_states)
+        {
+            let found = Found {
+                state: state.clone(),
+                records: found_records.by_ref().take(records.len()).collect(),
+            };
             loaded.push(read_snapshot(
-                &mut next, keys, resource, reads, records, now,
+                &mut next, keys, resource, reads, records, found, now,
             )?);
         }
         let mut snapshots = Vec::with_capacity(group.len());
@@ -269,6 +289,17 @@ impl<'a> Transaction<'a> {
         }
         let mut tx = redis::pipe();
         tx.atomic();
+        // Every state in one MSET; the rest per resource.
+        let states: Vec<(String, String)> = group
+            .iter()
+            .filter_map(|(resource, changes)| {
+                let state = changes.resource.as_ref()?;
+                Some((self.keys.state(resource), to_json(state)))
+            })
+            .collect();
+        if !states.is_empty() {
+            tx.mset(&states).ignore();
+        }
         for (resource, changes) in group {
             self.multi(&mut tx, resource, changes);
         }
@@ -299,7 +330,7 @@ impl<'a> Transaction<'a> {
         drop(self.conn.take());
     }
 
-    /// Queues one resource's part of the MULTI body.
+    /// Queues one resource's part of the MULTI body, all but its state.
     fn multi(
         &self,
         tx: &mut redis::Pipeline,
@@ -307,9 +338,6 @@ impl<'a> Transaction<'a> {
         changes: &ChangeSet<OutgoingEvent>,
     ) {
         let keys = self.keys;
-        if let Some(r) = &changes.resource {
-            tx.set(keys.state(resource), to_json(r)).ignore();
-        }
         let set: Vec<(&str, u32)> = changes
             .holdings
             .iter()
@@ -472,24 +500,24 @@ struct Loaded<'r> {
     due: bool,
 }
 
-/// Queues the reads of one resource of a [`Transaction::load_all`].
-fn queue_reads(
-    pipe: &mut redis::Pipeline,
-    keys: &Keys,
-    resource: &ResourceId,
-    reads: &Reads<'_>,
-    record_keys: &[String],
-) {
-    pipe.exists(keys.marker(resource));
+/// The strings of one resource that [`Transaction::load_all`] read
+/// together for the whole group.
+struct Found {
+    state: Option<String>,
+    /// One per command, in order.
+    records: Vec<Option<String>>,
+}
+
+/// Queues the hash and sorted-set reads of one resource of a
+/// [`Transaction::load_all`].
+fn queue_reads(pipe: &mut redis::Pipeline, keys: &Keys, resource: &ResourceId, reads: &Reads<'_>) {
     pipe.cmd("ZRANGE")
         .arg(keys.holds(resource))
         .arg(0)
         .arg(0)
         .arg("WITHSCORES");
-    pipe.get(keys.state(resource));
     // A sweep's batch is empty: it names no command.
     if !reads.commands.is_empty() {
-        pipe.cmd("MGET").arg(record_keys);
         pipe.cmd("HMGET")
             .arg(keys.applied(resource))
             .arg(ids(&reads.commands));
@@ -510,29 +538,26 @@ fn queue_reads(
     }
 }
 
-/// Reads back what [`queue_reads`] queued, in the same order.
+/// Reads back what [`queue_reads`] queued, in the same order, into the
+/// resource's snapshot with the strings `found` for it.
 fn read_snapshot<'r>(
     next: &mut impl FnMut() -> Value,
     keys: &Keys,
     resource: &ResourceId,
     reads: &Reads<'r>,
     record_keys: &[String],
+    found: Found,
     now: Millis,
 ) -> Result<Loaded<'r>, StoreError> {
-    let marker = keys.marker(resource);
     let state_key = keys.state(resource);
-    let initialised: bool = parse(next(), &marker)?;
-    if !initialised {
-        return Err(StoreError::Uninitialised { key: marker });
-    }
     let earliest: Vec<(String, f64)> = parse(next(), &keys.holds(resource))?;
-    let state: Option<String> = parse(next(), &state_key)?;
     let mut snapshot = Snapshot {
         resource_id: resource.clone(),
         now,
         due: Vec::new(),
         state: State {
-            resource: state
+            resource: found
+                .state
                 .map(|json| from_json::<Resource>(&json, &state_key))
                 .transpose()?,
             ..State::default()
@@ -542,8 +567,7 @@ fn read_snapshot<'r>(
     };
     let mut expired: Vec<(&CommandId, Applied)> = Vec::new();
     if !reads.commands.is_empty() {
-        let records: Vec<Option<String>> = parse(next(), "the records")?;
-        for ((id, key), json) in reads.commands.iter().zip(record_keys).zip(records) {
+        for ((id, key), json) in reads.commands.iter().zip(record_keys).zip(found.records) {
             if let Some(json) = json {
                 snapshot.records.insert(
                     (*id).clone(),

@@ -254,11 +254,11 @@ impl Pipeline {
         }
     }
 
-    /// How many transactions of grouped batches may run at once: one per
-    /// pooled connection of every master. Work that arrives while all run
+    /// How many transactions of grouped batches may run at once:
+    /// `worker.committers` per master. Work that arrives while all run
     /// waits in its lanes, and the next group takes it together.
     fn committers(&self) -> usize {
-        self.settings.redis.pool_size * self.store.master_count()
+        self.settings.worker.committers * self.store.master_count()
     }
 
     /// Commits groups of ready lanes until none is ready. Each committed
