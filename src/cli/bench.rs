@@ -15,6 +15,7 @@
 //! Each run gets its own queues, exchanges and Redis key prefix, removed at
 //! the end.
 
+mod chart;
 pub mod holds;
 mod plan;
 mod replicas;
@@ -46,6 +47,12 @@ pub async fn run(base: &Settings, o: &BenchOptions) -> anyhow::Result<()> {
 }
 
 async fn run_plan(base: &Settings, o: &BenchOptions) -> anyhow::Result<()> {
+    // The shipped settings unless told otherwise: the null worker and the
+    // worker run with the same prefetch.
+    let o = &BenchOptions {
+        prefetch: Some(o.prefetch.unwrap_or(base.amqp.prefetch)),
+        ..o.clone()
+    };
     let exe = std::env::current_exe().context("locating this binary")?;
     let mut plan: Vec<(Workload, usize, Mode)> = Vec::new();
     for &w in &o.workloads {
@@ -141,11 +148,25 @@ async fn run_plan(base: &Settings, o: &BenchOptions) -> anyhow::Result<()> {
             }
         }
     }
-    let report = report::render(o, &results, &latencies).await;
+    let Some(path) = &o.out else {
+        println!("{}", report::render(o, &results, &latencies, &[]).await);
+        return Ok(());
+    };
+    let charts = chart::write_all(path, &results, &latencies)?;
+    let report = report::render(o, &results, &latencies, &charts).await;
     println!("{report}");
-    if let Some(path) = &o.out {
-        std::fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("results written to {}", path.display());
+    // What the bench writes goes between the markers; the rest of an
+    // existing file (sections written by hand) stays.
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    std::fs::write(path, report::splice(&existing, &report))
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("results written to {}", path.display());
+    for chart in &charts {
+        eprintln!("chart written to {}", chart.path.display());
     }
     Ok(())
 }

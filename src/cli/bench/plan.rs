@@ -58,9 +58,10 @@ pub struct BenchOptions {
     /// (group commit, `--hot-replicas` replicas); 0 skips it.
     #[arg(long, default_value_t = 0)]
     pub partitions: u16,
-    /// Prefetch of every replica.
-    #[arg(long, default_value_t = 1000)]
-    pub prefetch: u16,
+    /// Prefetch of every replica, the null worker's included [default: the
+    /// settings' `amqp.prefetch`, 256 as shipped]
+    #[arg(long)]
+    pub prefetch: Option<u16>,
     /// Share of commands that repeat an earlier one.
     #[arg(long, default_value_t = 0.1)]
     pub duplicates: f64,
@@ -81,6 +82,15 @@ pub struct BenchOptions {
     /// Seed for the generated traffic.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+}
+
+impl BenchOptions {
+    /// The prefetch every replica runs with, once [`BenchOptions::prefetch`]
+    /// is resolved against the settings.
+    pub fn prefetch(&self) -> u16 {
+        self.prefetch
+            .expect("resolved against the settings before the plan runs")
+    }
 }
 
 /// One measured run.

@@ -1,13 +1,54 @@
 //! The Markdown report: the command line, the machine, every figure.
 
+use super::chart::{Chart, Section};
 use super::plan::{BenchOptions, Latency, Mode, RunResult, Workload, by_entry, median, ratio};
 use std::fmt::Write as _;
 use std::process::Command;
+
+/// Where the generated part of a report file begins and ends; what is
+/// outside stays when the bench writes the file again.
+const BEGIN: &str =
+    "<!-- bench:begin (written by `reservation-worker bench --out`; edit outside the markers) -->";
+const END: &str = "<!-- bench:end -->";
+
+/// `existing` with its generated part replaced by `report` (or `report`
+/// alone when there is none).
+pub(super) fn splice(existing: &str, report: &str) -> String {
+    let generated = format!("{BEGIN}\n{}\n{END}\n", report.trim_end());
+    let begin = existing.find("<!-- bench:begin");
+    let end = existing.find(END);
+    match (begin, end) {
+        (Some(b), Some(e)) if b < e => {
+            let after = existing[e + END.len()..].trim_start_matches('\n');
+            let mut out = existing[..b].to_string();
+            out.push_str(&generated);
+            if !after.is_empty() {
+                out.push('\n');
+                out.push_str(after);
+            }
+            out
+        }
+        _ => generated,
+    }
+}
+
+/// Links the charts of `section`, relative to the report.
+fn embed(md: &mut String, charts: &[Chart], section: Section) {
+    for c in charts.iter().filter(|c| c.section == section) {
+        let file = c
+            .path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let _ = writeln!(md, "\n![{}]({file})", c.title);
+    }
+}
 
 pub(super) async fn render(
     o: &BenchOptions,
     results: &[RunResult],
     latencies: &[Latency],
+    charts: &[Chart],
 ) -> String {
     let mut md = String::new();
     let args: Vec<String> = std::env::args().collect();
@@ -29,7 +70,7 @@ pub(super) async fn render(
         "Each run preloads {} commands ({:.0} % duplicates) into a fresh quorum queue, then starts the replicas as separate processes (prefetch {}) and measures from the first outcome event to the last; broker, Redis, replicas and the bench share the machine. `null` consumes, publishes an outcome of the same size with a confirm and acks, with no Redis: the broker's limit. `group` is the worker with group commit (default), `naive` the same worker with one WATCH/MULTI transaction per command.\n",
         o.commands,
         o.duplicates * 100.0,
-        o.prefetch
+        o.prefetch()
     );
     if o.repeat > 1 {
         let _ = writeln!(
@@ -87,6 +128,7 @@ pub(super) async fn render(
             rss
         );
     }
+    embed(&mut md, charts, Section::Throughput);
     let _ = writeln!(md, "\n## Ratios (same round)\n");
     let _ = writeln!(md, "| workload | replicas | group / null | group / naive |");
     let _ = writeln!(md, "|---|---|---|---|");
@@ -132,9 +174,10 @@ pub(super) async fn render(
             md,
             "\n## Latency\n\nPublish-to-outcome-event latency with `hot` traffic, the commands published while the replicas consume, so the broker takes the commands' publishes as well as serving the replicas (in the throughput runs above the queue was preloaded). The `live peak` rows publish as fast as the bench can; their rate is the outcomes/s achieved, and their latency is mostly time queued behind the backlog. The other rows are paced at a fraction of the group worker's live peak, for the null worker and the group worker alike.\n"
         );
+        embed(&mut md, charts, Section::Latency);
         let _ = writeln!(
             md,
-            "| mode | rate | of live peak | samples | p50 ms | p99 ms | max ms |"
+            "\n| mode | rate | of live peak | samples | p50 ms | p99 ms | max ms |"
         );
         let _ = writeln!(md, "|---|---|---|---|---|---|---|");
         for l in latencies {
@@ -192,4 +235,42 @@ fn machine() -> String {
         })
         .unwrap_or_default();
     format!("{cores} cores ({cpu}), {mem} RAM, Redis {redis}, RabbitMQ on the same host")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_file_is_the_generated_part_between_markers() {
+        let out = splice("", "# Benchmarks\n\nfigures\n");
+        assert!(out.starts_with("<!-- bench:begin"), "{out}");
+        assert!(
+            out.contains("# Benchmarks\n\nfigures\n<!-- bench:end -->"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn what_is_outside_the_markers_stays() {
+        let first = splice("", "old figures");
+        let existing = format!("Intro by hand\n{first}\n## Clusters\n\nby hand\n");
+        let out = splice(&existing, "new figures");
+        assert!(out.starts_with("Intro by hand\n<!-- bench:begin"), "{out}");
+        assert!(
+            out.contains("new figures\n<!-- bench:end -->\n\n## Clusters\n\nby hand\n"),
+            "{out}"
+        );
+        assert!(!out.contains("old figures"), "{out}");
+        assert_eq!(
+            splice(&out, "new figures"),
+            out,
+            "writing again changes nothing"
+        );
+    }
+
+    #[test]
+    fn a_file_without_markers_is_replaced() {
+        assert_eq!(splice("hand-written", "x"), splice("", "x"));
+    }
 }
