@@ -256,9 +256,19 @@ impl Pipeline {
 
     /// How many transactions of grouped batches may run at once:
     /// `worker.committers` per master. Work that arrives while all run
-    /// waits in its lanes, and the next group takes it together.
+    /// waits in its lanes, and the next group takes it together. On a
+    /// cluster a group holds one hash slot's resources, so spread traffic
+    /// seldom groups: there, as many run as the pools allow.
     fn committers(&self) -> usize {
-        self.settings.worker.committers * self.store.master_count()
+        let per_master = if self.store.keys().is_cluster() {
+            self.settings
+                .worker
+                .committers
+                .max(self.settings.redis.pool_size)
+        } else {
+            self.settings.worker.committers
+        };
+        per_master * self.store.master_count()
     }
 
     /// Commits groups of ready lanes until none is ready. Each committed
