@@ -50,6 +50,20 @@ fn entry_key(field: &str) -> Option<EntryKey> {
     serde_json::from_str(field.strip_prefix("e:")?).ok()
 }
 
+/// One budget and, per customer, the entries a step reads.
+type Wanted<'a> = (&'a BudgetId, BTreeMap<&'a CustomerId, Vec<EntryKey>>);
+
+/// The entries named, by customer.
+fn wanted<'a>(
+    keys: impl Iterator<Item = (&'a CustomerId, EntryKey)>,
+) -> BTreeMap<&'a CustomerId, Vec<EntryKey>> {
+    let mut wanted: BTreeMap<&CustomerId, Vec<EntryKey>> = BTreeMap::new();
+    for (customer, key) in keys {
+        wanted.entry(customer).or_default().push(key);
+    }
+    wanted
+}
+
 impl Store {
     /// Step 1 for asks on one budget: sets their amounts aside if each
     /// customer stays within the cap. `None` if another writer changed the
@@ -59,18 +73,43 @@ impl Store {
         budget: &BudgetId,
         asks: &[Ask],
     ) -> Result<Option<Vec<Answer>>, StoreError> {
-        let mut wanted: BTreeMap<&CustomerId, Vec<EntryKey>> = BTreeMap::new();
-        for ask in asks {
-            let key = (ask.resource_id.clone(), ask.command_id.clone());
-            wanted.entry(&ask.customer_id).or_default().push(key);
-        }
-        let mut conn = self.router.tx(&self.keys.budget(budget)).await?;
+        let answers = self.set_aside_all(&[(budget, asks)]).await?;
+        Ok(answers.map(|mut all| all.remove(0)))
+    }
+
+    /// [`Store::set_aside`] on several budgets in one transaction: their
+    /// answers in order, or `None` for all if any lost its race. On a
+    /// cluster the budgets must share a hash slot
+    /// ([`Store::transaction_slot`] of their keys; see
+    /// [`Store::budget_slot`]).
+    pub async fn set_aside_all(
+        &self,
+        asks: &[(&BudgetId, &[Ask])],
+    ) -> Result<Option<Vec<Vec<Answer>>>, StoreError> {
+        let Some((first, _)) = asks.first() else {
+            return Ok(Some(Vec::new()));
+        };
+        let wanted: Vec<Wanted> = asks
+            .iter()
+            .map(|(budget, asks)| {
+                let keys = asks.iter().map(|a| {
+                    let key = (a.resource_id.clone(), a.command_id.clone());
+                    (&a.customer_id, key)
+                });
+                (*budget, wanted(keys))
+            })
+            .collect();
+        let mut conn = self.router.tx(&self.keys.budget(first)).await?;
         let result = async {
-            let before = self.load_ledger(&mut conn, budget, &wanted, true).await?;
-            let mut ledger = before.clone();
-            let answers = ledger.set_aside(asks);
+            let before = self.load_ledgers(&mut conn, &wanted, true).await?;
+            let mut after = before.clone();
+            let answers: Vec<Vec<Answer>> = after
+                .iter_mut()
+                .zip(asks)
+                .map(|(ledger, (_, asks))| ledger.set_aside(asks))
+                .collect();
             let written = self
-                .write_ledger(&mut conn, budget, &before, &ledger)
+                .write_ledgers(&mut conn, &wanted, &before, &after)
                 .await?;
             Ok(written.then_some(answers))
         }
@@ -85,102 +124,172 @@ impl Store {
         budget: &BudgetId,
         steps: &[BudgetStep],
     ) -> Result<bool, StoreError> {
-        let mut wanted: BTreeMap<&CustomerId, Vec<EntryKey>> = BTreeMap::new();
-        for step in steps {
-            let key = (step.resource_id.clone(), step.reservation_id.clone());
-            wanted.entry(&step.customer_id).or_default().push(key);
-        }
-        let mut conn = self.router.tx(&self.keys.budget(budget)).await?;
+        self.settle_all(&[(budget, steps)]).await
+    }
+
+    /// [`Store::settle`] on several budgets in one transaction, all or
+    /// none. On a cluster the budgets must share a hash slot.
+    pub async fn settle_all(
+        &self,
+        steps: &[(&BudgetId, &[BudgetStep])],
+    ) -> Result<bool, StoreError> {
+        let Some((first, _)) = steps.first() else {
+            return Ok(true);
+        };
+        let wanted: Vec<Wanted> = steps
+            .iter()
+            .map(|(budget, steps)| {
+                let keys = steps.iter().map(|s| {
+                    let key = (s.resource_id.clone(), s.reservation_id.clone());
+                    (&s.customer_id, key)
+                });
+                (*budget, wanted(keys))
+            })
+            .collect();
+        let mut conn = self.router.tx(&self.keys.budget(first)).await?;
         let result = async {
             // Settling never looks at the cap: a budget whose state cannot
             // be read still gives money back.
-            let before = self.load_ledger(&mut conn, budget, &wanted, false).await?;
-            let mut ledger = before.clone();
-            ledger.settle(steps);
-            self.write_ledger(&mut conn, budget, &before, &ledger).await
+            let before = self.load_ledgers(&mut conn, &wanted, false).await?;
+            let mut after = before.clone();
+            for (ledger, (_, steps)) in after.iter_mut().zip(steps) {
+                ledger.settle(steps);
+            }
+            self.write_ledgers(&mut conn, &wanted, &before, &after)
+                .await
         }
         .await;
         discard_on_error(conn, result)
     }
 
-    /// WATCHes the marker, the cap and the customers' spending, and reads
-    /// them with the entries named.
-    async fn load_ledger(
+    /// Which budgets one transaction may span: those with the same answer
+    /// (any on a single Redis; one hash slot's on a cluster).
+    pub fn budget_slot(&self, budget: &BudgetId) -> Option<u16> {
+        self.keys
+            .is_cluster()
+            .then(|| super::keys::slot(&self.keys.budget(budget)))
+    }
+
+    /// WATCHes the markers, the caps and the customers' spending of every
+    /// budget, and reads them with the entries named, in one round trip.
+    async fn load_ledgers(
         &self,
         conn: &mut Conn,
-        budget: &BudgetId,
-        wanted: &BTreeMap<&CustomerId, Vec<EntryKey>>,
+        wanted: &[Wanted<'_>],
         with_cap: bool,
-    ) -> Result<Ledger, StoreError> {
+    ) -> Result<Vec<Ledger>, StoreError> {
         let keys = &self.keys;
-        let marker = keys.budget_marker(budget);
-        let state_key = keys.budget(budget);
-        let spend_keys: Vec<String> = wanted.keys().map(|c| keys.spending(budget, c)).collect();
+        let mut markers: Vec<String> = wanted.iter().map(|(b, _)| keys.budget_marker(b)).collect();
+        markers.sort_unstable();
+        markers.dedup();
+        let states: Vec<String> = wanted.iter().map(|(b, _)| keys.budget(b)).collect();
+        let spend_keys: Vec<Vec<String>> = wanted
+            .iter()
+            .map(|(b, w)| w.keys().map(|c| keys.spending(b, c)).collect())
+            .collect();
         let mut pipe = redis::pipe();
         pipe.cmd("WATCH")
-            .arg(&marker)
-            .arg(&state_key)
+            .arg(&markers)
+            .arg(&states)
             .arg(&spend_keys)
             .ignore();
-        pipe.exists(&marker);
-        pipe.get(&state_key);
-        for ((_, entries), key) in wanted.iter().zip(&spend_keys) {
-            let mut fields = vec![SPENT.to_string()];
-            fields.extend(entries.iter().map(entry_field));
-            pipe.cmd("HMGET").arg(key).arg(fields);
+        pipe.cmd("EXISTS").arg(&markers);
+        pipe.cmd("MGET").arg(&states);
+        for ((_, wanted), spend_keys) in wanted.iter().zip(&spend_keys) {
+            for (entries, key) in wanted.values().zip(spend_keys) {
+                let mut fields = vec![SPENT.to_string()];
+                fields.extend(entries.iter().map(entry_field));
+                pipe.cmd("HMGET").arg(key).arg(fields);
+            }
         }
         let replies: Vec<Value> = pipe.query_async(&mut *conn).await?;
         let mut replies = replies.into_iter();
         let mut next = || replies.next().unwrap_or(Value::Nil);
-        let initialised: bool = parse(next(), &marker)?;
-        if !initialised {
-            return Err(StoreError::Uninitialised { key: marker });
+        let initialised: usize = parse(next(), "the budget setup markers")?;
+        if initialised < markers.len() {
+            return Err(StoreError::Uninitialised {
+                key: markers.join(", "),
+            });
         }
-        let state: Option<String> = parse(next(), &state_key)?;
-        let mut ledger = Ledger {
-            budget: state
-                .filter(|_| with_cap)
-                .map(|json| {
-                    serde_json::from_str::<Budget>(&json).map_err(|e| corrupt(&state_key, e))
-                })
-                .transpose()?,
-            customers: HashMap::new(),
-        };
-        for ((customer, entries), key) in wanted.iter().zip(&spend_keys) {
-            let values: Vec<Option<String>> = parse(next(), key)?;
-            let mut values = values.into_iter();
-            let spent = values
-                .next()
-                .flatten()
-                .map(|v| v.parse::<u64>().map_err(|e| corrupt(key, e)))
-                .transpose()?
-                .unwrap_or(0);
-            let mut spending = Spending {
-                spent,
-                entries: HashMap::new(),
+        let found: Vec<Option<String>> = parse(next(), "the budgets")?;
+        let mut ledgers = Vec::with_capacity(wanted.len());
+        for (((_, wanted), spend_keys), (state, state_key)) in wanted
+            .iter()
+            .zip(&spend_keys)
+            .zip(found.into_iter().zip(&states))
+        {
+            let mut ledger = Ledger {
+                budget: state
+                    .filter(|_| with_cap)
+                    .map(|json| {
+                        serde_json::from_str::<Budget>(&json).map_err(|e| corrupt(state_key, e))
+                    })
+                    .transpose()?,
+                customers: HashMap::new(),
             };
-            for (entry_key, json) in entries.iter().zip(values) {
-                if let Some(json) = json {
-                    let entry: Entry = serde_json::from_str(&json).map_err(|e| corrupt(key, e))?;
-                    spending.entries.insert(entry_key.clone(), entry);
+            for ((customer, entries), key) in wanted.iter().zip(spend_keys) {
+                let values: Vec<Option<String>> = parse(next(), key)?;
+                let mut values = values.into_iter();
+                let spent = values
+                    .next()
+                    .flatten()
+                    .map(|v| v.parse::<u64>().map_err(|e| corrupt(key, e)))
+                    .transpose()?
+                    .unwrap_or(0);
+                let mut spending = Spending {
+                    spent,
+                    entries: HashMap::new(),
+                };
+                for (entry_key, json) in entries.iter().zip(values) {
+                    if let Some(json) = json {
+                        let entry: Entry =
+                            serde_json::from_str(&json).map_err(|e| corrupt(key, e))?;
+                        spending.entries.insert(entry_key.clone(), entry);
+                    }
                 }
+                ledger.customers.insert((*customer).clone(), spending);
             }
-            ledger.customers.insert((*customer).clone(), spending);
+            ledgers.push(ledger);
         }
-        Ok(ledger)
+        Ok(ledgers)
     }
 
-    /// Writes what changed between `before` and `after` in one MULTI/EXEC
-    /// (or UNWATCHes when nothing did). `false` if a watched key changed.
-    async fn write_ledger(
+    /// Writes what changed between `before` and `after`, budget by budget,
+    /// in one MULTI/EXEC (or UNWATCHes when nothing did). `false` if a
+    /// watched key changed.
+    async fn write_ledgers(
         &self,
         conn: &mut Conn,
-        budget: &BudgetId,
-        before: &Ledger,
-        after: &Ledger,
+        wanted: &[Wanted<'_>],
+        before: &[Ledger],
+        after: &[Ledger],
     ) -> Result<bool, StoreError> {
         let mut tx = redis::pipe();
         tx.atomic();
+        let mut any = false;
+        for (((budget, _), before), after) in wanted.iter().zip(before).zip(after) {
+            any |= self.queue_ledger_writes(&mut tx, budget, before, after);
+        }
+        if !any {
+            redis::cmd("UNWATCH").exec_async(&mut *conn).await?;
+            return Ok(true);
+        }
+        let committed: Option<()> = tx.query_async(&mut *conn).await?;
+        if committed.is_some() {
+            self.replicated(conn).await?;
+        }
+        Ok(committed.is_some())
+    }
+
+    /// Queues what changed between `before` and `after` of one budget;
+    /// `true` if anything did.
+    fn queue_ledger_writes(
+        &self,
+        tx: &mut redis::Pipeline,
+        budget: &BudgetId,
+        before: &Ledger,
+        after: &Ledger,
+    ) -> bool {
         let mut any = false;
         for (customer, spending) in &after.customers {
             let old = before.customers.get(customer);
@@ -203,15 +312,7 @@ impl Store {
                 }
             }
         }
-        if !any {
-            redis::cmd("UNWATCH").exec_async(&mut *conn).await?;
-            return Ok(true);
-        }
-        let committed: Option<()> = tx.query_async(&mut *conn).await?;
-        if committed.is_some() {
-            self.replicated(conn).await?;
-        }
-        Ok(committed.is_some())
+        any
     }
 
     /// Decides and commits a `define_budget`, with its idempotency record

@@ -116,34 +116,40 @@ pub async fn decide_and_commit_all(
 }
 
 /// Step 1: asks each budget to set the takes' costs aside, and records the
-/// answers in `funds`. `false` if a budget's transaction lost its race.
+/// answers in `funds`. `false` if a budgets' transaction lost its race.
 async fn set_aside(
     store: &Store,
     asks: Vec<(BudgetId, domain::Ask)>,
     funds: &mut HashMap<CommandId, Funds>,
 ) -> Result<bool, StoreError> {
-    let mut by_budget: BTreeMap<BudgetId, Vec<domain::Ask>> = BTreeMap::new();
+    // One transaction per hash slot the budgets are in (one for all of
+    // them on a single Redis), those of different slots at once.
+    let mut by_slot: BTreeMap<Option<u16>, BTreeMap<BudgetId, Vec<domain::Ask>>> = BTreeMap::new();
     for (budget, ask) in asks {
-        by_budget.entry(budget).or_default().push(ask);
+        let slot = by_slot.entry(store.budget_slot(&budget)).or_default();
+        slot.entry(budget).or_default().push(ask);
     }
-    // Budgets are independent: asked at once, each on its own connection.
-    let asking = by_budget.into_iter().map(|(budget, asks)| async move {
-        let answers = store.set_aside(&budget, &asks).await?;
-        Ok::<_, StoreError>((budget, asks, answers))
+    let asking = by_slot.into_values().map(|budgets| async move {
+        let group: Vec<(&BudgetId, &[domain::Ask])> =
+            budgets.iter().map(|(b, a)| (b, a.as_slice())).collect();
+        let answers = store.set_aside_all(&group).await?;
+        Ok::<_, StoreError>((budgets, answers))
     });
     let mut all = true;
-    for (budget, asks, answers) in try_join_all(asking).await? {
+    for (budgets, answers) in try_join_all(asking).await? {
         let Some(answers) = answers else {
             all = false;
             continue;
         };
-        for (ask, answer) in asks.into_iter().zip(answers) {
-            let answered = Funds {
-                budget_id: budget.clone(),
-                amount: ask.amount,
-                answer,
-            };
-            funds.insert(ask.command_id, answered);
+        for ((budget, asks), answers) in budgets.into_iter().zip(answers) {
+            for (ask, answer) in asks.into_iter().zip(answers) {
+                let answered = Funds {
+                    budget_id: budget.clone(),
+                    amount: ask.amount,
+                    answer,
+                };
+                funds.insert(ask.command_id, answered);
+            }
         }
     }
     Ok(all)

@@ -408,18 +408,21 @@ impl Pipeline {
         &self,
         steps: impl Iterator<Item = &'e BudgetStep>,
     ) -> Result<(), Failure> {
-        let mut by_budget: BTreeMap<&BudgetId, Vec<BudgetStep>> = BTreeMap::new();
+        // One transaction per hash slot the budgets are in (one for all of
+        // them on a single Redis), those of different slots at once.
+        let mut by_slot: BTreeMap<Option<u16>, BTreeMap<&BudgetId, Vec<BudgetStep>>> =
+            BTreeMap::new();
         for step in steps {
-            by_budget
-                .entry(&step.budget_id)
-                .or_default()
-                .push(step.clone());
+            let slot = by_slot
+                .entry(self.store.budget_slot(&step.budget_id))
+                .or_default();
+            slot.entry(&step.budget_id).or_default().push(step.clone());
         }
-        // Budgets are independent: settled at once, each on its own
-        // connection.
-        let settling = by_budget.into_iter().map(|(budget, steps)| async move {
+        let settling = by_slot.into_values().map(|budgets| async move {
+            let group: Vec<(&BudgetId, &[BudgetStep])> =
+                budgets.iter().map(|(b, s)| (*b, s.as_slice())).collect();
             self.retrying(|| async {
-                match self.store.settle(budget, &steps).await {
+                match self.store.settle_all(&group).await {
                     Ok(settled) => Ok(settled.then_some(())),
                     // The outcomes are committed: their commands must never
                     // be dead-lettered before their events go out, so even

@@ -3,6 +3,7 @@
 //! replays every history (`verify`, `inspect --at`).
 
 use crate::helpers::*;
+use futures_util::StreamExt;
 use reservation_worker::config::Settings;
 use reservation_worker::domain::{BudgetId, CustomerId, Reason};
 use reservation_worker::message::{CommandBody, EventEnvelope};
@@ -450,5 +451,64 @@ async fn money_set_aside_on_a_budget_the_resource_left_comes_back() {
     assert_eq!(spent(&app, "new", "u").await, 30);
     let (ok, report) = verify_all(&app.settings);
     assert!(ok, "{report:#}");
+    app.cleanup().await;
+}
+
+/// Groups span resources paid from different budgets: one transaction sets
+/// money aside on all of them, and one settles them. Four replicas race on
+/// every budget at once; each customer still gets exactly what each budget
+/// allows, and nothing stays set aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_budgets_set_aside_and_settled_together_are_never_overspent() {
+    let mut app = TestApp::new().await;
+    let budgets = ["b0", "b1", "b2"];
+    for _ in 0..4 {
+        app.start_worker();
+    }
+    for (i, b) in budgets.iter().enumerate() {
+        app.send(&define_budget(&format!("db-{b}"), b, 30)).await;
+        app.budget_outcome(&format!("db-{b}")).await;
+        decided(
+            &app,
+            priced(&format!("d-{i}"), &format!("hall{i}"), 10_000, 10, b),
+        )
+        .await;
+    }
+    // 8 customers, 40 one-seat reserves each on every hall, interleaved so
+    // each group holds takes on all three budgets.
+    let mut bodies = Vec::new();
+    for round in 0..40 {
+        for c in 0..8 {
+            for hall in 0..budgets.len() {
+                let id = format!("r-{round}-{c}-{hall}");
+                bodies.push(reserve(&id, &format!("hall{hall}"), &format!("u{c}"), 1));
+            }
+        }
+    }
+    let before = app.events().len();
+    futures_util::stream::iter(&bodies)
+        .for_each_concurrent(64, |b| app.send(b))
+        .await;
+    app.wait_for_events(before + bodies.len()).await;
+    for (hall, b) in budgets.iter().enumerate() {
+        for c in 0..8 {
+            let customer = format!("u{c}");
+            let accepted = bodies
+                .iter()
+                .filter(|body| {
+                    let id = body.command_id();
+                    id.as_str().ends_with(&format!("-{c}-{hall}"))
+                        && app
+                            .events_for(id.as_str())
+                            .iter()
+                            .any(|e| e.event.is_accepted())
+                })
+                .count();
+            assert_eq!(accepted, 3, "{customer} on hall{hall}: 30 / 10 a seat");
+            assert_eq!(spent(&app, b, &customer).await, 30, "{customer} on {b}");
+        }
+    }
+    let (ok, report) = verify_all(&app.settings);
+    assert!(ok, "verify --all: {report}");
     app.cleanup().await;
 }
