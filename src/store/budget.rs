@@ -79,16 +79,11 @@ impl Store {
 
     /// [`Store::set_aside`] on several budgets in one transaction: their
     /// answers in order, or `None` for all if any lost its race. On a
-    /// cluster the budgets must share a hash slot
-    /// ([`Store::transaction_slot`] of their keys; see
-    /// [`Store::budget_slot`]).
+    /// cluster the budgets must share a hash slot ([`Store::budget_slot`]).
     pub async fn set_aside_all(
         &self,
         asks: &[(&BudgetId, &[Ask])],
     ) -> Result<Option<Vec<Vec<Answer>>>, StoreError> {
-        let Some((first, _)) = asks.first() else {
-            return Ok(Some(Vec::new()));
-        };
         let wanted: Vec<Wanted> = asks
             .iter()
             .map(|(budget, asks)| {
@@ -99,22 +94,13 @@ impl Store {
                 (*budget, wanted(keys))
             })
             .collect();
-        let mut conn = self.router.tx(&self.keys.budget(first)).await?;
-        let result = async {
-            let before = self.load_ledgers(&mut conn, &wanted, true).await?;
-            let mut after = before.clone();
-            let answers: Vec<Vec<Answer>> = after
-                .iter_mut()
-                .zip(asks)
+        self.update_ledgers(&wanted, true, |ledgers| {
+            let answering = ledgers.iter_mut().zip(asks);
+            answering
                 .map(|(ledger, (_, asks))| ledger.set_aside(asks))
-                .collect();
-            let written = self
-                .write_ledgers(&mut conn, &wanted, &before, &after)
-                .await?;
-            Ok(written.then_some(answers))
-        }
-        .await;
-        discard_on_error(conn, result)
+                .collect()
+        })
+        .await
     }
 
     /// Step 3 for steps on one budget. `false` if another writer changed
@@ -133,9 +119,6 @@ impl Store {
         &self,
         steps: &[(&BudgetId, &[BudgetStep])],
     ) -> Result<bool, StoreError> {
-        let Some((first, _)) = steps.first() else {
-            return Ok(true);
-        };
         let wanted: Vec<Wanted> = steps
             .iter()
             .map(|(budget, steps)| {
@@ -146,17 +129,40 @@ impl Store {
                 (*budget, wanted(keys))
             })
             .collect();
+        // Settling never looks at the cap: a budget whose state cannot be
+        // read still gives money back.
+        let settled = self
+            .update_ledgers(&wanted, false, |ledgers| {
+                for (ledger, (_, steps)) in ledgers.iter_mut().zip(steps) {
+                    ledger.settle(steps);
+                }
+            })
+            .await?;
+        Ok(settled.is_some())
+    }
+
+    /// One transaction on the ledgers of `wanted`'s budgets: loads them
+    /// under WATCH, lets `change` change them, writes what changed. What
+    /// `change` returned, or `None` if another writer changed a watched key
+    /// first (nothing was written).
+    async fn update_ledgers<T>(
+        &self,
+        wanted: &[Wanted<'_>],
+        with_cap: bool,
+        change: impl FnOnce(&mut [Ledger]) -> T,
+    ) -> Result<Option<T>, StoreError> {
+        let Some((first, _)) = wanted.first() else {
+            return Ok(Some(change(&mut [])));
+        };
         let mut conn = self.router.tx(&self.keys.budget(first)).await?;
         let result = async {
-            // Settling never looks at the cap: a budget whose state cannot
-            // be read still gives money back.
-            let before = self.load_ledgers(&mut conn, &wanted, false).await?;
+            let before = self.load_ledgers(&mut conn, wanted, with_cap).await?;
             let mut after = before.clone();
-            for (ledger, (_, steps)) in after.iter_mut().zip(steps) {
-                ledger.settle(steps);
-            }
-            self.write_ledgers(&mut conn, &wanted, &before, &after)
-                .await
+            let changed = change(&mut after);
+            let written = self
+                .write_ledgers(&mut conn, wanted, &before, &after)
+                .await?;
+            Ok(written.then_some(changed))
         }
         .await;
         discard_on_error(conn, result)

@@ -205,6 +205,24 @@ impl Rig {
 
     /// One command published with a confirm; the future owns what it needs,
     /// so it can be spawned.
+    /// Starts `replicas` replicas of `mode` on this run's queues and keys.
+    pub(super) fn replicas(
+        &self,
+        exe: &std::path::Path,
+        replicas: usize,
+        mode: super::plan::Mode,
+        prefetch: u16,
+    ) -> anyhow::Result<super::replicas::Replicas> {
+        super::replicas::Replicas::spawn(
+            exe,
+            &self.settings,
+            &self.prefix,
+            replicas,
+            mode,
+            prefetch,
+        )
+    }
+
     pub(super) fn publish(
         &self,
         body: &CommandBody,
