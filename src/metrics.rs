@@ -1,8 +1,11 @@
 //! Metric names and the Prometheus recorder.
 //!
 //! Every metric the worker emits is named here, so the README's alerting
-//! table and the code cannot drift apart.
+//! table and the code cannot drift apart. Every counter and gauge exists
+//! from the start, at 0, for each of its known label values: a dashboard
+//! shows 0 rather than "no data", and `increase()` sees the first event.
 
+use crate::domain::{CommandKind, Reason};
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -42,6 +45,22 @@ pub const PUBLISH_FAILURES: &str = "reservation_publish_failures_total";
 pub const REQUEUED: &str = "reservation_requeued_total";
 /// Messages this worker moved to the dead-letter queue, by `cause`.
 pub const DEAD_LETTERED: &str = "reservation_dead_lettered_total";
+/// The `cause` of a message that is not a command (not JSON, no
+/// `command_id`, too large).
+pub const CAUSE_UNREADABLE: &str = "unreadable";
+/// The `cause` of a command delivered `amqp.delivery_limit` times.
+pub const CAUSE_DELIVERY_LIMIT: &str = "delivery_limit";
+/// Every `cause` of [`DEAD_LETTERED`].
+pub const DEAD_LETTER_CAUSES: [&str; 2] = [CAUSE_UNREADABLE, CAUSE_DELIVERY_LIMIT];
+/// Commands waiting in each queue this worker consumes, by `queue`, as the
+/// worker last read them (every [`OBSERVE_EVERY`]).
+pub const QUEUE_MESSAGES: &str = "reservation_queue_messages";
+/// Entries of the holds' due-time index: holds whose expiry time the sweep
+/// has not handled yet (live holds, and those confirmed or cancelled before
+/// it), read every [`OBSERVE_EVERY`].
+pub const HOLD_INDEX_ENTRIES: &str = "reservation_hold_index_entries";
+/// How often the worker reads [`QUEUE_MESSAGES`] and [`HOLD_INDEX_ENTRIES`].
+pub const OBSERVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// 1 while Redis has lost its data (the setup marker is missing) and
 /// nothing is decided, else 0.
 pub const STORE_UNINITIALISED: &str = "reservation_store_uninitialised";
@@ -68,7 +87,43 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         )?
         .install_recorder()?;
     describe();
+    zero();
     Ok(handle)
+}
+
+/// Every counter and gauge at 0, for every known label value, so that each
+/// series exists before its first event. The queue gauge is labelled by
+/// the queues a worker consumes, which it sets when it starts consuming.
+fn zero() {
+    for kind in CommandKind::ALL {
+        for outcome in ["accepted", "rejected"] {
+            metrics::counter!(COMMANDS, "command" => kind.as_str(), "outcome" => outcome)
+                .absolute(0);
+        }
+    }
+    for reason in Reason::ALL {
+        metrics::counter!(REJECTIONS, "reason" => reason.as_str()).absolute(0);
+    }
+    for cause in DEAD_LETTER_CAUSES {
+        metrics::counter!(DEAD_LETTERED, "cause" => cause).absolute(0);
+    }
+    for counter in [
+        DUPLICATES,
+        COMMITS,
+        WATCH_CONFLICTS,
+        CONTENTION_PAUSES,
+        ACK_FRAMES,
+        RECONNECTS,
+        REDIS_ERRORS,
+        PUBLISH_FAILURES,
+        REQUEUED,
+        EXPIRIES,
+    ] {
+        metrics::counter!(counter).absolute(0);
+    }
+    for gauge in [IN_FLIGHT, STORE_UNINITIALISED, READY, HOLD_INDEX_ENTRIES] {
+        metrics::gauge!(gauge).set(0.0);
+    }
 }
 
 fn describe() {
@@ -134,6 +189,14 @@ fn describe() {
         EXPIRY_LAG_SECONDS,
         Unit::Seconds,
         "Time from a hold's expires_at to its expire event's confirm, by Redis's clock"
+    );
+    describe_gauge!(
+        QUEUE_MESSAGES,
+        "Commands waiting in each queue this worker consumes, as last read"
+    );
+    describe_gauge!(
+        HOLD_INDEX_ENTRIES,
+        "Holds whose expiry time the sweep has not handled yet (the due-time index's entries)"
     );
     describe_gauge!(
         READY,

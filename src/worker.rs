@@ -14,6 +14,7 @@
 
 mod commit;
 mod lanes;
+mod observe;
 mod pipeline;
 mod retry;
 mod session;

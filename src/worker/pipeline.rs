@@ -101,7 +101,7 @@ pub(super) fn disposition(
         Ok(()) => Disposition::Ack,
         Err(Failure::Abandoned) => Disposition::Leave,
         Err(Failure::Unreadable(why)) => Disposition::DeadLetter {
-            cause: "unreadable",
+            cause: metric::CAUSE_UNREADABLE,
             why: why.0,
         },
         Err(failure) => {
@@ -112,7 +112,7 @@ pub(super) fn disposition(
                 // The queue's own delivery limit would drop the reason:
                 // dead-letter it here, with the error in `x-error`.
                 Disposition::DeadLetter {
-                    cause: "delivery_limit",
+                    cause: metric::CAUSE_DELIVERY_LIMIT,
                     why: format!(
                         "failed {deliveries} deliveries; last error: {}",
                         chain(&failure)
@@ -711,7 +711,7 @@ mod tests {
             true,
         );
         assert!(
-            matches!(d, Disposition::DeadLetter { cause: "unreadable", ref why } if why == "not JSON")
+            matches!(d, Disposition::DeadLetter { cause: metric::CAUSE_UNREADABLE, ref why } if why == "not JSON")
         );
     }
 

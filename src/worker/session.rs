@@ -85,9 +85,12 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
     // With a cluster's nodes in `amqp.url`, this connects to the node after
     // the one the last session used: a session ends when its connection is
     // lost, and that node may be gone.
-    let connection = broker::connect(amqp, name)
-        .await
-        .map_err(SessionError::Connect)?;
+    // Shared with the observer task, which opens its own channel on it.
+    let connection = Arc::new(
+        broker::connect(amqp, name)
+            .await
+            .map_err(SessionError::Connect)?,
+    );
     broker::declare_topology_on(&connection, amqp).await?;
     // Events go out on the consuming connection unless configured
     // otherwise: a second connection is a second I/O thread, and the
@@ -137,6 +140,16 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
     // it stops at shutdown, between two sweeps.
     let sweeping = CancellationToken::new();
     tracker.spawn(super::sweeper::run(pipeline.clone(), sweeping.clone()));
+    // The metrics' backlog and holds figures, read until the session ends
+    // however it ends; nothing waits for them to stop.
+    let observing = CancellationToken::new();
+    let _stop_observing = observing.clone().drop_guard();
+    tokio::spawn(super::observe::run(
+        connection.clone(),
+        queues.clone(),
+        store.clone(),
+        observing,
+    ));
     let mut store_state = health.watch_store();
     let end = loop {
         let consuming = !tags.is_empty();

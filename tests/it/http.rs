@@ -3,6 +3,7 @@
 use crate::helpers::*;
 use crate::process::WorkerProcess;
 use reservation_worker::config::{SecretUrl, Settings};
+use reservation_worker::domain::{CommandKind, Reason};
 use reservation_worker::startup::Application;
 use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
@@ -63,6 +64,62 @@ async fn healthz_readyz_and_metrics_report_a_working_worker() {
         body.contains("broker: ok") && body.contains("redis: ok") && body.contains("consuming: ok"),
         "{body}"
     );
+
+    // Before any command: every counter and gauge is there, at 0, for
+    // every label value it can take, and the backlog and holds figures
+    // are read.
+    let queue = &settings.amqp.commands_queue;
+    let idle = eventually("the observed figures", || async {
+        let (_, body) = get(addr, "/metrics").await;
+        body.contains(&format!(
+            "reservation_queue_messages{{queue=\"{queue}\"}} 0\n"
+        ))
+        .then_some(body)
+    })
+    .await;
+    let mut zeros: Vec<String> = Vec::new();
+    for kind in CommandKind::ALL {
+        for outcome in ["accepted", "rejected"] {
+            let command = kind.as_str();
+            zeros.push(format!(
+                "reservation_commands_total{{command=\"{command}\",outcome=\"{outcome}\"}} 0\n"
+            ));
+        }
+    }
+    for reason in Reason::ALL {
+        let reason = reason.as_str();
+        zeros.push(format!(
+            "reservation_rejections_total{{reason=\"{reason}\"}} 0\n"
+        ));
+    }
+    for cause in ["unreadable", "delivery_limit"] {
+        zeros.push(format!(
+            "reservation_dead_lettered_total{{cause=\"{cause}\"}} 0\n"
+        ));
+    }
+    for name in [
+        "reservation_duplicates_total",
+        "reservation_commits_total",
+        "reservation_watch_conflicts_total",
+        "reservation_contention_pauses_total",
+        "reservation_ack_frames_total",
+        "reservation_reconnects_total",
+        "reservation_redis_errors_total",
+        "reservation_publish_failures_total",
+        "reservation_requeued_total",
+        "reservation_expiries_total",
+        "reservation_in_flight",
+        "reservation_store_uninitialised",
+        "reservation_hold_index_entries",
+    ] {
+        zeros.push(format!("{name} 0\n"));
+    }
+    for zero in &zeros {
+        assert!(
+            idle.contains(zero.as_str()),
+            "idle /metrics has {zero}:\n{idle}"
+        );
+    }
 
     app.send(&define("d", "metered", 5, None)).await;
     app.outcome("d").await;
