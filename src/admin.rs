@@ -5,8 +5,8 @@
 
 pub use crate::broker::{
     ConnectError, Declared, Message, PublishError, Publisher, TopologyError, connect,
-    consumed_queues, declare_topology, declare_topology_on, delete_topology, node_order,
-    partition_queues,
+    consumed_queues, declare_topology, declare_topology_on, delete_topology, is_not_found,
+    node_order, partition_queues,
 };
 pub use crate::store::{Store, StoreError, Summary};
 pub use crate::worker::{Committed, decide_and_commit, decide_and_commit_all};

@@ -195,6 +195,13 @@ fn is_tls(url: &SecretUrl) -> bool {
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("amqps://"))
 }
 
+/// The broker refused an operation with 404 NOT_FOUND: the exchange or
+/// queue it names does not exist (the topology was never declared, or was
+/// deleted). The broker closes the channel.
+pub fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404)
+}
+
 /// The nodes of `url` in the order a process's first connection named
 /// `name` tries them: from a node picked by a hash (FNV-1a) of this host's
 /// name and `name`, then round the list. Later connections of the same

@@ -1,7 +1,8 @@
-//! The command line: `setup`, `run`, `send`, `inspect`, `status`, `rush`,
-//! `bench`: programs on top of the library.
+//! The command line: `setup`, `run`, `send`, `inspect`, `events`, `status`,
+//! `rush`, `bench`: programs on top of the library.
 
 mod bench;
+mod events;
 mod rush;
 mod status;
 mod verify;
@@ -90,6 +91,10 @@ pub enum CliCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Print outcome events as they are published (JSON lines), all or one
+    /// resource's: the next --count of them, or with --follow every one
+    /// until Ctrl-C.
+    Events(events::EventsOptions),
     /// Show queue depths, consumers and dead letters; with --resource, its state.
     Status {
         /// Also show this resource's state (from Redis).
@@ -249,6 +254,10 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             anyhow::ensure!(sound, "the rush broke an invariant (see above)");
             Ok(())
         }
+        CliCommand::Events(options) => {
+            let stop = reservation_worker::shutdown::on_signal();
+            events::run(&settings, &options, stop).await
+        }
         CliCommand::Status { resource, json } => {
             status::run(&settings, resource.as_deref(), json).await
         }
@@ -386,10 +395,16 @@ async fn send(settings: &Settings, command: SendCommand) -> anyhow::Result<()> {
     let producer = Producer::connect(&settings.amqp)
         .await
         .with_context(|| format!("connecting to {}", settings.amqp.url))?;
-    producer
-        .send(&body)
-        .await
-        .context("publishing the command")?;
+    if let Err(e) = producer.send(&body).await {
+        anyhow::ensure!(
+            !e.is_missing_exchange(),
+            "the commands exchange {:?} does not exist on {}: run `reservation-worker setup` first, \
+             which declares the exchanges and queues",
+            settings.amqp.commands_exchange,
+            settings.amqp.url
+        );
+        return Err(e).context("publishing the command");
+    }
     producer.close().await?;
     println!("{}", body.command_id());
     Ok(())
@@ -422,7 +437,14 @@ async fn inspect(
     };
     match summary {
         Some(s) => println!("{}", serde_json::to_string_pretty(&s)?),
-        None => anyhow::bail!("resource {resource} is not defined"),
+        None => {
+            // Before `setup`, or after Redis lost its data, say so rather
+            // than that one resource is missing.
+            if let Err(e @ admin::StoreError::Uninitialised { .. }) = store.check().await {
+                return Err(e).with_context(reading);
+            }
+            anyhow::bail!("resource {resource} is not defined")
+        }
     }
     if history {
         for event in store.history(&resource).await? {

@@ -40,6 +40,14 @@ pub enum PublishError {
     },
 }
 
+impl PublishError {
+    /// The exchange does not exist: the broker closed the channel with 404
+    /// NOT_FOUND (the topology was never declared, or was deleted).
+    pub fn is_missing_exchange(&self) -> bool {
+        matches!(self, PublishError::Broker(e) if super::is_not_found(e))
+    }
+}
+
 /// A message to publish.
 #[derive(Debug, Clone, Default)]
 pub struct Message<'a> {

@@ -6,9 +6,9 @@
 //! [`collect`] asks the servers; [`render_human`] and [`render_json`] are
 //! pure, so the output format is unit-tested without them.
 
+use lapin::Connection;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use lapin::{Connection, ErrorKind};
 use reservation_worker::admin::{self, Store, StoreError, Summary};
 use reservation_worker::config::Settings;
 use reservation_worker::domain::ResourceId;
@@ -20,9 +20,6 @@ use std::time::Duration;
 /// How long to wait for the broker to accept a connection: an unreachable
 /// host should fail the command, not hang it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// AMQP reply code of a passive declare on a queue that does not exist.
-const NOT_FOUND: u16 = 404;
 
 /// One queue, as a passive `queue.declare` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -182,7 +179,7 @@ pub async fn run(settings: &Settings, resource: Option<&str>, json: bool) -> any
 /// channel of its own.
 async fn inspect_queue(connection: &Connection, queue: &str) -> Result<QueueStatus, StatusError> {
     let broker_error = |error: lapin::Error| {
-        if matches!(error.kind(), ErrorKind::ProtocolError(e) if e.get_id() == NOT_FOUND) {
+        if admin::is_not_found(&error) {
             StatusError::QueueMissing {
                 queue: queue.to_string(),
             }

@@ -10,6 +10,7 @@ mod commands;
 mod concurrency;
 mod crash;
 mod faults;
+mod first_run;
 mod helpers;
 mod holds;
 mod http;
