@@ -5,6 +5,7 @@ mod bench;
 mod events;
 mod rush;
 mod status;
+mod svg;
 mod verify;
 
 use anyhow::Context as _;

@@ -6,8 +6,10 @@
 mod checkout;
 pub mod ledger;
 mod plan;
+mod timeline;
 
 pub use plan::{RushOptions, generate};
+use timeline::Timeline;
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
@@ -19,6 +21,7 @@ use reservation_worker::message::{CommandBody, EventEnvelope};
 use reservation_worker::producer::Events;
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -257,6 +260,7 @@ async fn reserves(
         .len();
     let progress = Progress::new(bodies.len() as u64);
     let started = Instant::now();
+    let mut timeline = Timeline::new(o.capacity);
     let (send, pub_task) = publishing(publisher, a.commands_exchange.clone(), o.in_flight);
     for body in &bodies {
         send.send(body.clone())
@@ -292,6 +296,7 @@ async fn reserves(
                 }
             }
             None => {
+                timeline.outcome(&envelope);
                 match &envelope.event.verdict {
                     Verdict::Accepted => {
                         report.accepted += 1;
@@ -312,10 +317,11 @@ async fn reserves(
     report.seconds = started.elapsed().as_secs_f64();
     progress.finish();
     report.answered = seen.len();
-    pub_task
+    let published = pub_task
         .await
         .context("publisher task")?
         .context("publishing commands")?;
+    timeline.published(&published);
 
     let store = Store::new(&settings.redis)?;
     report.summary = store.summary(&resource_id).await?;
@@ -328,34 +334,60 @@ async fn reserves(
     let _ = events.close().await;
     let _ = connection.close(200, "rush done".into()).await;
     report.print();
+    write_report(&timeline, o, &resource)?;
     Ok(report)
 }
 
+/// When each command was first published.
+type Published = HashMap<CommandId, Instant>;
+
 /// Publishes the bodies sent to it, `in_flight` at once, each with a
 /// confirm, until the sender is dropped; the task ends with the first
-/// failure.
+/// failure, or else with when each command was first published.
 fn publishing(
     publisher: Publisher,
     exchange: String,
     in_flight: usize,
 ) -> (
     mpsc::UnboundedSender<CommandBody>,
-    JoinHandle<anyhow::Result<()>>,
+    JoinHandle<anyhow::Result<Published>>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<CommandBody>();
     let task = tokio::spawn(async move {
         let mut results = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
             .map(|b| {
                 let (publisher, exchange) = (publisher.clone(), exchange.clone());
-                async move { publish(&publisher, &exchange, &b).await }
+                async move {
+                    let at = Instant::now();
+                    publish(&publisher, &exchange, &b).await?;
+                    anyhow::Ok((b.command_id().clone(), at))
+                }
             })
             .buffer_unordered(in_flight.max(1));
+        let mut published = Published::new();
         while let Some(r) = results.next().await {
-            r?;
+            let (id, at) = r?;
+            published
+                .entry(id)
+                .and_modify(|first| *first = (*first).min(at))
+                .or_insert(at);
         }
-        anyhow::Ok(())
+        anyhow::Ok(published)
     });
     (tx, task)
+}
+
+/// Writes the rush's report where `--report` says, or in the temporary
+/// directory, and says where.
+fn write_report(timeline: &Timeline, o: &RushOptions, resource: &str) -> anyhow::Result<PathBuf> {
+    let path = o.report.clone().unwrap_or_else(|| {
+        std::env::temp_dir()
+            .join("reservation-rush")
+            .join(format!("{resource}.svg"))
+    });
+    timeline.write(&path, &format!("Ticket rush on {resource}"))?;
+    println!("  report          {}", path.display());
+    Ok(path)
 }
 
 async fn publish(publisher: &Publisher, exchange: &str, body: &CommandBody) -> anyhow::Result<()> {

@@ -100,6 +100,7 @@ fn traffic(seed: u64) -> Vec<CommandBody> {
             holds: false,
             confirm_ratio: 0.0,
             hold_secs: rush::HoldSecs { min: 1, max: 1 },
+            report: None,
         };
         let mut bodies = rush::generate(&rid(sale.id), &options);
         // Cancel reservations among the first (likely accepted) ones, mostly

@@ -148,3 +148,70 @@ async fn events_gives_up_with_a_hint_when_nothing_comes() {
     );
     app.cleanup().await;
 }
+
+/// Every element opened is closed, in order.
+fn assert_well_formed(svg: &str) {
+    assert!(svg.starts_with("<svg "), "{svg}");
+    assert!(svg.trim_end().ends_with("</svg>"), "{svg}");
+    let mut open: Vec<&str> = Vec::new();
+    for tag in svg.split('<').skip(1) {
+        let tag = tag.split('>').next().unwrap();
+        let name = tag
+            .trim_start_matches('/')
+            .split([' ', '/'])
+            .next()
+            .unwrap();
+        if tag.starts_with('/') {
+            assert_eq!(open.pop(), Some(name), "closing {name}");
+        } else if !tag.ends_with('/') {
+            open.push(name);
+        }
+    }
+    assert!(open.is_empty(), "unclosed {open:?}");
+}
+
+#[tokio::test]
+async fn a_rush_writes_its_report_and_says_where() {
+    let mut app = TestApp::new().await;
+    app.start_worker();
+    let report = std::env::temp_dir().join(format!("{}-rush.svg", app.prefix()));
+    let resource = format!("{}-hall", app.prefix());
+    // Off the runtime's thread: the worker runs on it.
+    let settings = app.settings.clone();
+    let (r, res) = (report.clone(), resource.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        cli(
+            &settings,
+            &[
+                "rush",
+                "--resource",
+                &res,
+                "--commands",
+                "400",
+                "--capacity",
+                "100",
+                "--report",
+                r.to_str().unwrap(),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains(&format!("report          {}\n", report.display())),
+        "{stdout}"
+    );
+    let svg = std::fs::read_to_string(&report).unwrap();
+    assert_well_formed(&svg);
+    for text in [
+        "seats remaining",
+        "Outcomes per second",
+        "Publish to outcome: p50",
+    ] {
+        assert!(svg.contains(text), "{text} missing");
+    }
+    std::fs::remove_file(&report).unwrap();
+    app.cleanup().await;
+}

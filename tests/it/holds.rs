@@ -293,6 +293,7 @@ async fn a_checkout_rush_with_workers_killed_every_second_ends_every_hold_once()
         holds: true,
         confirm_ratio: 0.7,
         hold_secs: HoldSecs { min: 2, max: 5 },
+        report: None,
     };
     let resource = rid("rush");
     let mut workers: Vec<WorkerProcess> = (0..4)

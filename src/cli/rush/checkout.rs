@@ -10,7 +10,7 @@
 
 use super::ledger::{self, Ledger, Seen};
 use super::plan::{self, RushOptions};
-use super::{Opened, Progress, next_event, open, publishing};
+use super::{Opened, Progress, Timeline, next_event, open, publishing};
 use anyhow::Context as _;
 use reservation_worker::admin::{Store, Summary};
 use reservation_worker::config::Settings;
@@ -69,6 +69,7 @@ pub async fn run(
     let hold_ids: HashSet<CommandId> = holds.iter().map(|b| b.command_id().clone()).collect();
     let (send, sending) = publishing(publisher, a.commands_exchange.clone(), o.in_flight);
     let started = Instant::now();
+    let mut timeline = Timeline::new(o.capacity);
     let progress = Progress::new(hold_ids.len() as u64);
     let mut holds_answered = 0;
     let mut report = CheckoutReport {
@@ -97,6 +98,9 @@ pub async fn run(
         }
         let id = envelope.event.command_id.clone();
         let seen = ledger.record(&envelope);
+        if seen != Seen::Repeat {
+            timeline.outcome(&envelope);
+        }
         if seen != Seen::Repeat && hold_ids.contains(&id) {
             holds_answered += 1;
             progress.set(holds_answered, started);
@@ -140,8 +144,11 @@ pub async fn run(
                 .push("gave up waiting for the late buyers' outcomes".into());
             break;
         };
-        if envelope.event.resource_id == resource_id && envelope.event.command_id != define_id {
-            ledger.record(&envelope);
+        if envelope.event.resource_id == resource_id
+            && envelope.event.command_id != define_id
+            && ledger.record(&envelope) != Seen::Repeat
+        {
+            timeline.outcome(&envelope);
         }
     }
     report.sold_back = late_ids
@@ -149,10 +156,11 @@ pub async fn run(
         .filter(|c| ledger.was_accepted(c) == Some(true))
         .count();
     report.seconds = started.elapsed().as_secs_f64();
-    sending
+    let published = sending
         .await
         .context("publisher task")?
         .context("publishing commands")?;
+    timeline.published(&published);
 
     report.problems.extend(ledger.problems());
     report.summary = store.summary(&resource_id).await?;
@@ -168,6 +176,7 @@ pub async fn run(
     let _ = events.close().await;
     let _ = connection.close(200, "rush done".into()).await;
     print(&report, &ledger);
+    super::write_report(&timeline, o, &resource)?;
     Ok(report)
 }
 

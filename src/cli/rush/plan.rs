@@ -51,6 +51,11 @@ pub struct RushOptions {
     /// for a random length from A to B.
     #[arg(long, default_value = "2-5", value_parser = parse_secs, requires = "holds")]
     pub hold_secs: HoldSecs,
+    /// Where to write the report (SVG: seats remaining and outcomes per
+    /// second over time, and the latency distribution). Default:
+    /// `<temp dir>/reservation-rush/<resource>.svg`.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
 }
 
 /// How long holds last: from `min` to `max` seconds.
