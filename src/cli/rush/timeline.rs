@@ -101,9 +101,10 @@ impl Timeline {
         out
     }
 
-    /// The rush's length in seconds, at least a tenth.
+    /// The time axis's length in seconds: the rush's, rounded up to 1, 2
+    /// or 5 times a power of ten, so that its ticks read well.
     fn seconds(&self) -> f64 {
-        self.outcomes.iter().map(|o| o.0).fold(0.1, f64::max)
+        nice_ceiling(self.outcomes.iter().map(|o| o.0).fold(0.1, f64::max))
     }
 
     /// Seats remaining over time: after each outcome, the remaining of the
@@ -142,7 +143,7 @@ impl Timeline {
     fn rates(&self) -> String {
         let seconds = self.seconds();
         let slice = (seconds / SLICES).max(0.05);
-        let slices = (seconds / slice).ceil() as usize + 1;
+        let slices = (seconds / slice).ceil() as usize;
         let mut counts = vec![[0u32; 2]; slices];
         for &(at, accepted, _, _) in &self.outcomes {
             let i = ((at / slice) as usize).min(slices - 1);
@@ -253,6 +254,8 @@ fn y_scale(top: f64) -> impl Fn(f64) -> f64 {
 /// Seconds along the x axis, five ticks.
 fn time_axis(svg: &mut Svg, seconds: f64) {
     let x_of = x_scale(seconds);
+    // As many decimals as the step between ticks needs.
+    let decimals = (-(seconds / 5.0).log10().floor()).max(0.0) as usize;
     for i in 0..=5 {
         let at = seconds * f64::from(i) / 5.0;
         svg.text(
@@ -260,7 +263,7 @@ fn time_axis(svg: &mut Svg, seconds: f64) {
             HEIGHT - BOTTOM + 20.0,
             "middle",
             12.0,
-            &format!("{at:.1}"),
+            &format!("{at:.decimals$}"),
         );
     }
     svg.text(
