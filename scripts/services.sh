@@ -104,6 +104,28 @@ ensure_faketime() {
   fi
 }
 
+# Prometheus and promtool: the monitoring checks test the alerting rules with
+# promtool and scrape a real worker with a real Prometheus.
+ensure_prometheus() {
+  command -v promtool >/dev/null && command -v prometheus >/dev/null && return 0
+  if ! install_pkg prometheus; then
+    say "Prometheus is not installed (the monitoring tests run promtool and a Prometheus). Install it, then rerun:"
+    say "  sudo apt-get install prometheus    # Debian/Ubuntu: prometheus and promtool"
+    exit 1
+  fi
+}
+
+# Python 3 with venv, and Node.js with npm: the producer examples run on them.
+ensure_example_runtimes() {
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    install_pkg python3-venv || { say "python3 with venv is missing: sudo apt-get install python3-venv"; exit 1; }
+  fi
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    install_pkg nodejs && install_pkg npm \
+      || { say "Node.js and npm are missing: sudo apt-get install nodejs npm"; exit 1; }
+  fi
+}
+
 ensure_cargo() {
   if command -v cargo >/dev/null; then return; fi
   [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH" && return

@@ -8,7 +8,7 @@ use reservation_worker::startup::Application;
 use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
 
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
@@ -26,7 +26,7 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// A free port on the loopback interface.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -35,7 +35,7 @@ fn free_port() -> u16 {
 }
 
 /// `settings` with the endpoint on a free loopback port.
-fn with_endpoint(mut settings: Settings) -> (Settings, SocketAddr) {
+pub fn with_endpoint(mut settings: Settings) -> (Settings, SocketAddr) {
     let port = free_port();
     settings.http.enabled = true;
     settings.http.bind = "127.0.0.1".into();

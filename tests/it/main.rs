@@ -23,6 +23,7 @@ mod partitions;
 #[path = "../../src/cli/rush/plan.rs"]
 mod plan;
 mod process;
+mod prometheus;
 mod proxy;
 mod redis_faults;
 mod redis_server;
