@@ -9,6 +9,7 @@ mod cluster;
 mod commands;
 mod concurrency;
 mod crash;
+mod examples;
 mod faults;
 mod first_run;
 mod helpers;
