@@ -3,6 +3,7 @@
 
 mod bench;
 mod events;
+mod fairness;
 mod rush;
 mod status;
 mod svg;

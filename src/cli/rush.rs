@@ -8,6 +8,7 @@ pub mod ledger;
 mod plan;
 mod timeline;
 
+use crate::cli::fairness::{self, Unfairness};
 pub use plan::{RushOptions, generate};
 use timeline::Timeline;
 
@@ -56,6 +57,9 @@ pub struct Report {
     pub max_held: u32,
     /// The per-customer limit in force.
     pub limit: Option<u32>,
+    /// Accepted commands published after a refused one that asked for no
+    /// more (see `fairness`).
+    pub unfairness: Unfairness,
 }
 
 impl Report {
@@ -134,6 +138,12 @@ impl Report {
                 s.capacity, s.reserved, s.remaining, s.version
             );
         }
+        println!(
+            "  unfair          {:>8}  of {} accepted ({:.1} %) came after a refused request that asked for no more",
+            self.unfairness.inversions,
+            self.unfairness.accepted,
+            100.0 * self.unfairness.share()
+        );
         println!(
             "  busiest customer holds {} seats (limit {})",
             self.max_held,
@@ -276,6 +286,7 @@ async fn reserves(
         ..Report::default()
     };
     let mut seen: HashMap<CommandId, Vec<u8>> = HashMap::with_capacity(distinct);
+    let mut verdicts: HashMap<CommandId, fairness::Verdict> = HashMap::with_capacity(distinct);
     // Every publish gets its event, and a redelivery (a worker or a node
     // that died mid-command) may add a replayed one: wait for both, not
     // for a count of events alone.
@@ -297,6 +308,14 @@ async fn reserves(
             }
             None => {
                 timeline.outcome(&envelope);
+                let reason = match &envelope.event.verdict {
+                    Verdict::Accepted => None,
+                    Verdict::Rejected { reason, .. } => Some(reason.as_str()),
+                };
+                verdicts.insert(
+                    envelope.event.command_id.clone(),
+                    fairness::Verdict::of(envelope.event.is_accepted(), reason),
+                );
                 match &envelope.event.verdict {
                     Verdict::Accepted => {
                         report.accepted += 1;
@@ -317,6 +336,7 @@ async fn reserves(
     report.seconds = started.elapsed().as_secs_f64();
     progress.finish();
     report.answered = seen.len();
+    report.unfairness = fairness::of_reserves(&bodies, |id| verdicts.get(id).copied());
     let published = pub_task
         .await
         .context("publisher task")?

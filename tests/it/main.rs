@@ -10,7 +10,11 @@ mod commands;
 mod concurrency;
 mod crash;
 mod examples;
+mod fairness;
 mod faults;
+// First come, first served, measured; shared with the binary.
+#[path = "../../src/cli/fairness.rs"]
+mod fairness_measure;
 mod first_run;
 mod helpers;
 mod holds;

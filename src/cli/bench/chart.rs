@@ -282,6 +282,7 @@ mod tests {
             mean_commit: Duration::from_millis(1),
             mean_publish: Duration::from_millis(1),
             mean_process: Duration::from_millis(2),
+            unfairness: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! What the bench runs and what it measures: the options, the workloads
 //! and modes, one run's result, and the statistics over rounds.
 
+use crate::cli::fairness::Unfairness;
 use std::time::Duration;
 
 /// Which traffic to send.
@@ -114,6 +115,10 @@ pub struct RunResult {
     pub mean_commit: Duration,
     pub mean_publish: Duration,
     pub mean_process: Duration,
+    /// Accepted commands decided after a refused one published before
+    /// them that asked for no more (`None` for the null worker, which
+    /// decides nothing).
+    pub unfairness: Option<Unfairness>,
 }
 
 /// Publish-to-outcome latency with the commands published while the

@@ -67,7 +67,7 @@ pub(super) async fn render(
     let _ = writeln!(md, "Machine: {}.\n", machine());
     let _ = writeln!(
         md,
-        "Each run preloads {} commands ({:.0} % duplicates) into a fresh quorum queue, then starts the replicas as separate processes (prefetch {}) and measures from the first outcome event to the last; broker, Redis, replicas and the bench share the machine. `null` consumes, publishes an outcome of the same size with a confirm and acks, with no Redis: the broker's limit. `group` is the worker with group commit (default), `naive` the same worker with one WATCH/MULTI transaction per command.\n",
+        "Each run preloads {} commands ({:.0} % duplicates) into a fresh quorum queue, then starts the replicas as separate processes (prefetch {}) and measures from the first outcome event to the last; broker, Redis, replicas and the bench share the machine. `null` consumes, publishes an outcome of the same size with a confirm and acks, with no Redis: the broker's limit. `group` is the worker with group commit (default), `naive` the same worker with one WATCH/MULTI transaction per command. `unfair` counts the accepted commands decided after a refused one published before them that asked for no more (`sold_out` on the same resource, or `customer_limit` for the same customer): first come, first served broken (README, \"Ordering\"); only `sellout` refuses any.\n",
         o.commands,
         o.duplicates * 100.0,
         o.prefetch()
@@ -81,9 +81,9 @@ pub(super) async fn render(
     }
     let _ = writeln!(
         md,
-        "| workload | replicas | mode | commands/s | range | seconds | replica CPU (µs/command) | conflicts/commit | commands/commit | per-replica share | peak RSS (MiB) |"
+        "| workload | replicas | mode | commands/s | range | seconds | replica CPU (µs/command) | conflicts/commit | commands/commit | per-replica share | unfair | peak RSS (MiB) |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for runs in by_entry(results) {
         let r = runs[runs.len() / 2];
         let mut rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
@@ -108,9 +108,10 @@ pub(super) async fn render(
                 format!("{:.1}", ratio(r.commands as f64, r.commits)),
             )
         };
+        let unfair = r.unfairness.map_or("-".to_string(), |u| u.describe());
         let _ = writeln!(
             md,
-            "| {:?} | {} | {} | {:.0} | {} | {:.2} | {:.0} | {} | {} | {} | {:.1} |",
+            "| {:?} | {} | {} | {:.0} | {} | {:.2} | {:.0} | {} | {} | {} | {} | {:.1} |",
             r.workload,
             r.replicas,
             if r.partitions > 0 {
@@ -125,6 +126,7 @@ pub(super) async fn render(
             conflicts,
             per_commit,
             shares.join(" / "),
+            unfair,
             rss
         );
     }

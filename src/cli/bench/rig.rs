@@ -2,6 +2,7 @@
 //! outcome events, a confirm publisher, and the traffic of each workload.
 
 use super::plan::Workload;
+use crate::cli::fairness;
 use anyhow::Context as _;
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -9,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reservation_worker::admin::{self, Message, Publisher, Store};
 use reservation_worker::config::Settings;
+use reservation_worker::domain::Verdict;
 use reservation_worker::domain::{BudgetId, CommandId, CustomerId, ResourceId};
 use reservation_worker::message::CommandBody;
 use reservation_worker::producer::Events;
@@ -154,6 +156,8 @@ pub(super) struct Seen {
     pub(super) last: Option<Instant>,
     pub(super) published_at: HashMap<String, Instant>,
     pub(super) latencies: Vec<Duration>,
+    /// Each command's first outcome, by command id.
+    pub(super) verdicts: HashMap<String, fairness::Verdict>,
 }
 
 impl Rig {
@@ -179,7 +183,20 @@ impl Rig {
                 };
                 let Some(Ok(event)) = event else { break };
                 let now = Instant::now();
+                let verdict = event.envelope().ok().map(|e| {
+                    let reason = match &e.event.verdict {
+                        Verdict::Accepted => None,
+                        Verdict::Rejected { reason, .. } => Some(reason.as_str()),
+                    };
+                    (
+                        e.event.command_id.to_string(),
+                        fairness::Verdict::of(e.event.is_accepted(), reason),
+                    )
+                });
                 let mut s = sink.lock().expect("lock");
+                if let Some((id, verdict)) = verdict {
+                    s.verdicts.entry(id).or_insert(verdict);
+                }
                 s.events += 1;
                 s.first.get_or_insert(now);
                 s.last = Some(now);

@@ -4,6 +4,7 @@
 use super::plan::{BenchOptions, Latency, Mode, RunResult, Workload, mean};
 use super::replicas::NULL_COMMANDS;
 use super::rig::{Rig, progress, traffic};
+use crate::cli::fairness;
 use futures_util::StreamExt;
 use reservation_worker::config::Settings;
 use reservation_worker::message::CommandBody;
@@ -31,9 +32,11 @@ pub(super) async fn throughput(
     let peak_rss_kib = workers.peak_rss();
     let cpu_seconds = workers.cpu_seconds();
     workers.stop();
-    let (first, last) = {
+    let (first, last, unfairness) = {
         let s = rig.seen.lock().expect("lock");
-        (s.first, s.last)
+        let unfairness = (mode != Mode::Null)
+            .then(|| fairness::of_reserves(&bodies, |id| s.verdicts.get(id.as_str()).copied()));
+        (s.first, s.last, unfairness)
     };
     rig.cleanup().await;
     waited?;
@@ -81,6 +84,7 @@ pub(super) async fn throughput(
             sum("reservation_process_seconds_sum"),
             sum("reservation_process_seconds_count"),
         ),
+        unfairness,
     })
 }
 
