@@ -7,7 +7,7 @@ mod publisher;
 mod settle;
 mod topology;
 
-pub use delivery::Delivery;
+pub use delivery::{Delivery, InFlight};
 pub use publisher::{Message, PublishError, Publisher};
 
 pub use settle::Settler;

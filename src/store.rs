@@ -35,6 +35,7 @@ mod budget;
 mod due;
 mod error;
 mod keys;
+mod replicas;
 mod route;
 mod transaction;
 

@@ -12,9 +12,11 @@
 //! - `sweeper`: finds the holds that ran out with nothing else happening to
 //!   their resource, and publishes their expiries.
 
+mod assign;
 mod commit;
 mod lanes;
 mod observe;
+mod partitions;
 mod pipeline;
 mod retry;
 mod session;

@@ -4,6 +4,8 @@ use super::publisher::{Message, PublishError, Publisher};
 use super::settle::{Decision, Settler};
 use crate::metrics as metric;
 use lapin::types::{AMQPValue, FieldTable, LongString};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// A command delivery held by this worker. Its settle methods take it by
@@ -16,6 +18,8 @@ pub struct Delivery {
     /// The body was let go of (see [`Delivery::release_body`]).
     released: bool,
     _held: Held,
+    /// Counted in its queue's [`InFlight`], if any.
+    _counted: Option<Counted>,
 }
 
 impl Delivery {
@@ -26,7 +30,15 @@ impl Delivery {
             settler,
             released: false,
             _held: Held::start(),
+            _counted: None,
         }
+    }
+
+    /// Counts this delivery in `in_flight` until it is settled or dropped.
+    pub fn counted(mut self, in_flight: &InFlight) -> Delivery {
+        in_flight.0.fetch_add(1, Ordering::Relaxed);
+        self._counted = Some(Counted(in_flight.clone()));
+        self
     }
 
     /// The message body (empty once released).
@@ -136,6 +148,27 @@ fn earlier_deliveries(redelivered: bool, header: Option<&AMQPValue>) -> u32 {
 /// A header value holding text.
 fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
+}
+
+/// How many deliveries of one queue this worker holds: a partition is
+/// handed over only once its count is 0.
+#[derive(Clone, Debug, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Deliveries held now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One delivery's place in an [`InFlight`] count.
+struct Counted(InFlight);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts a delivery in the in-flight gauge while it lives, and records its

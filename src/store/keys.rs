@@ -153,6 +153,17 @@ impl Keys {
         format!("{}{{%due-{n}}}:holds", self.prefix)
     }
 
+    /// The live replicas (sorted set: score = when the heartbeat runs out,
+    /// member = the replica's name).
+    pub fn replicas(&self) -> String {
+        format!("{}{{%replicas}}:live", self.prefix)
+    }
+
+    /// The lease of partition `p`: the name of the replica consuming it.
+    pub fn partition_lease(&self, p: usize) -> String {
+        format!("{}{{%replicas}}:partition-{p}", self.prefix)
+    }
+
     /// The member of the due-time index that stands for `hold` of `r`.
     /// It names the hold's `expires_at`, so an entry left by a transaction
     /// that lost its race never shadows the one its retry wrote.

@@ -2,13 +2,14 @@
 //! every delivery to the pipeline; on shutdown drain, and in every case
 //! tear down within bounded time.
 
+use super::partitions::{self, Partitions, RoundError};
 use super::pipeline::Pipeline;
 use crate::broker::{self, Delivery, Publisher, Settler, TopologyError};
 use crate::config::Settings;
 use crate::health::{Health, StoreState};
 use crate::store::Store;
 use futures_util::StreamExt;
-use futures_util::stream::SelectAll;
+use futures_util::stream::{BoxStream, SelectAll};
 use lapin::Consumer;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -120,9 +121,18 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
         .basic_qos(amqp.prefetch, BasicQosOptions::default())
         .await
         .map_err(SessionError::Channel)?;
-    let queues = consumed_queues(amqp, name);
+    // The command queue; in partitioned mode also the partitions this
+    // replica is given, round by round (`partitions`).
+    let queues = vec![amqp.commands_queue.clone()];
     let (mut tags, consumers) = subscribe(&channel, &queues, name).await?;
-    let mut deliveries: SelectAll<Consumer> = consumers.into_iter().collect();
+    let mut deliveries: Deliveries = consumers
+        .into_iter()
+        .map(|c| c.map(|d| (None, d)).boxed())
+        .collect();
+    let mut partitioned =
+        (amqp.partitions > 0).then(|| Partitions::new(broker::partition_queues(amqp), name));
+    let mut rounds = tokio::time::interval(partitions::ROUND);
+    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     health.set_broker(true);
     health.set_consuming(true);
     info!(queue = %amqp.commands_queue, partitions = amqp.partitions, prefetch = amqp.prefetch, "consuming");
@@ -146,7 +156,7 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
     let _stop_observing = observing.clone().drop_guard();
     tokio::spawn(super::observe::run(
         connection.clone(),
-        queues.clone(),
+        broker::consumed_queues(amqp),
         store.clone(),
         observing,
     ));
@@ -155,6 +165,16 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
         let consuming = !tags.is_empty();
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            _ = rounds.tick(), if consuming && partitioned.is_some() => {
+                let Some(p) = partitioned.as_mut() else { continue };
+                match p.round(store, &channel, &mut deliveries).await {
+                    Ok(()) => {}
+                    Err(RoundError::Store(e)) => {
+                        warn!(error = %e, "partitions: this round failed; trying again at the next");
+                    }
+                    Err(RoundError::Session(e)) => break Err(e),
+                }
+            }
             // Events, dead letters and expiries all publish on this channel;
             // once it is closed, deliveries can only be left for redelivery.
             _ = pipeline.broken().cancelled() => break Err(SessionError::PublishingChannelClosed),
@@ -169,18 +189,21 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
                     // What the broker sent before the cancel still arrives
                     // on the old consumers: it is taken as usual.
                     cancel(&channel, std::mem::take(&mut tags)).await;
+                    if let Some(p) = partitioned.as_mut() {
+                        p.cancel_all(&channel).await;
+                    }
                     health.set_consuming(false);
                     warn!("redis fails: stopped taking deliveries until it works");
                 } else if works && !consuming {
                     let consumers;
                     (tags, consumers) = subscribe(&channel, &queues, name).await?;
-                    deliveries.extend(consumers);
+                    deliveries.extend(consumers.into_iter().map(|c| c.map(|d| (None, d)).boxed()));
                     health.set_consuming(true);
                     info!("redis works: taking deliveries again");
                 }
             }
             next = deliveries.next(), if !deliveries.is_empty() => match next {
-                Some(Ok(delivery)) => {
+                Some((partition, Ok(delivery))) => {
                     let span = info_span!(
                         "command",
                         delivery_tag = delivery.delivery_tag,
@@ -189,10 +212,13 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
                         resource_id = field::Empty,
                         outcome = field::Empty,
                     );
-                    let delivery = Delivery::new(delivery, settler.clone());
+                    let mut delivery = Delivery::new(delivery, settler.clone());
+                    if let (Some(p), Some(parts)) = (partition, &partitioned) {
+                        delivery = delivery.counted(parts.in_flight(p));
+                    }
                     span.in_scope(|| pipeline.process(delivery));
                 }
-                Some(Err(e)) => break Err(SessionError::Consume(e)),
+                Some((_, Err(e))) => break Err(SessionError::Consume(e)),
                 // Every consumer ended: cancelled by us while Redis fails,
                 // or else by the broker.
                 None if consuming => break Err(SessionError::Cancelled),
@@ -206,6 +232,9 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
     if end.is_ok() {
         // Shutdown: take no more deliveries, let in-flight ones finish.
         cancel(&channel, tags).await;
+        if let Some(p) = partitioned.as_mut() {
+            p.cancel_all(&channel).await;
+        }
         let grace = Duration::from_secs(settings.worker.shutdown_grace_secs);
         info!(grace_secs = grace.as_secs(), "draining");
         if timeout(grace, tracker.wait()).await.is_err() {
@@ -213,6 +242,10 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
         }
     }
     pipeline.abandon();
+    // The partitions go to the other replicas at their next round.
+    if let Some(mut p) = partitioned {
+        let _ = timeout(TEARDOWN, p.leave(store)).await;
+    }
     // Every wait below is bounded: on a dying socket an ack or a close
     // can hang, and a worker stuck here would never reconnect. Whatever
     // is cut short is unacked, and the broker redelivers it.
@@ -240,18 +273,17 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
 /// The consumers of one subscription, and their tags.
 type Subscription = (Vec<ConsumerTag>, Vec<Consumer>);
 
-/// Every queue a worker consumes, in the order this replica subscribes.
-/// The broker makes the first subscriber of a partition its active
-/// consumer; starting each replica at a different partition spreads the
-/// partitions over the replicas instead of giving all to one.
-fn consumed_queues(amqp: &crate::config::AmqpSettings, name: &str) -> Vec<String> {
-    let mut queues = broker::consumed_queues(amqp);
-    if queues.len() > 2 {
-        let start = broker::spread(name, queues.len() - 1);
-        queues[1..].rotate_left(start);
-    }
-    queues
-}
+/// The deliveries of every queue this replica consumes, each with its
+/// partition (`None` for the command queue).
+pub(super) type Deliveries = SelectAll<
+    BoxStream<
+        'static,
+        (
+            Option<usize>,
+            Result<lapin::message::Delivery, lapin::Error>,
+        ),
+    >,
+>;
 
 /// Subscribes to every queue.
 async fn subscribe(
@@ -260,23 +292,34 @@ async fn subscribe(
     name: &str,
 ) -> Result<Subscription, SessionError> {
     let mut consumers = Vec::new();
+    let mut tags = Vec::new();
     for queue in queues {
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                format!("{name}@{queue}").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| SessionError::Subscribe {
-                queue: queue.clone(),
-                source,
-            })?;
+        let (tag, consumer) = subscribe_one(channel, queue, name).await?;
+        tags.push(tag);
         consumers.push(consumer);
     }
-    let tags = consumers.iter().map(|c| c.tag()).collect();
     Ok((tags, consumers))
+}
+
+/// Subscribes to one queue, as `<name>@<queue>`.
+pub(super) async fn subscribe_one(
+    channel: &lapin::Channel,
+    queue: &str,
+    name: &str,
+) -> Result<(ConsumerTag, Consumer), SessionError> {
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            format!("{name}@{queue}").as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| SessionError::Subscribe {
+            queue: queue.to_string(),
+            source,
+        })?;
+    Ok((consumer.tag(), consumer))
 }
 
 /// Stops the consumers: no more deliveries; those held stay held.

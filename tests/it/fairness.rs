@@ -105,24 +105,11 @@ async fn drain_with_failover(partitions: u16) -> Unfairness {
     unfairness
 }
 
-/// The consumer tag of `queue`'s active consumer (single active consumer),
-/// from the broker.
+/// The consumer tag of `queue`'s active consumer, if any.
 fn active_consumer(queue: &str) -> Option<String> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "list_consumers",
-            "queue_name",
-            "consumer_tag",
-            "active",
-        ])
-        .output()
-        .expect("rabbitmqctl runs (partition tests need a local broker)");
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-        let fields: Vec<&str> = l.split_whitespace().collect();
-        (fields.first() == Some(&queue) && fields.last() == Some(&"true"))
-            .then(|| fields[1].to_string())
-    })
+    consumers_of(queue)
+        .into_iter()
+        .find_map(|(tag, active)| active.then_some(tag))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

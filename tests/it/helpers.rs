@@ -676,3 +676,26 @@ pub async fn verify_all(settings: &Settings) -> serde_json::Value {
     assert_eq!(report["ok"], true, "{report}");
     report
 }
+
+/// The consumers of `queue` on the local broker, as (consumer tag, active),
+/// from `rabbitmqctl` (single active consumer shows which one is active).
+pub fn consumers_of(queue: &str) -> Vec<(String, bool)> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_consumers",
+            "queue_name",
+            "consumer_tag",
+            "active",
+        ])
+        .output()
+        .expect("rabbitmqctl runs (these tests need a local broker)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields.len() == 3 && fields[0] == queue)
+                .then(|| (fields[1].to_string(), fields[2] == "true"))
+        })
+        .collect()
+}

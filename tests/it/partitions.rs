@@ -5,23 +5,6 @@ use crate::helpers::*;
 use futures_util::StreamExt;
 use reservation_worker::domain::{Reason, Verdict};
 
-/// (registered, active) consumers of a queue, from the broker.
-fn consumers(queue: &str) -> (usize, usize) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "list_consumers", "queue_name", "active"])
-        .output()
-        .expect("rabbitmqctl runs (partition tests need a local broker)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mine: Vec<&str> = text
-        .lines()
-        .filter(|l| l.split_whitespace().next() == Some(queue))
-        .collect();
-    (
-        mine.len(),
-        mine.iter().filter(|l| l.ends_with("true")).count(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitioned_replicas_share_resources_without_overselling() {
     let mut app = TestApp::with(|s| s.amqp.partitions = 3).await;
@@ -73,12 +56,21 @@ async fn partitioned_replicas_share_resources_without_overselling() {
 
     let partitions = reservation_worker::admin::partition_queues(&app.settings.amqp);
     assert_eq!(partitions.len(), 3);
+    // Spread: each partition consumed by exactly one replica, each
+    // replica consuming one of the three.
+    let owners = eventually("one consumer per partition, on three replicas", || async {
+        let mut owners = std::collections::BTreeSet::new();
+        for q in &partitions {
+            match consumers_of(q).as_slice() {
+                [(tag, true)] => owners.insert(tag.split('@').next()?.to_string()),
+                _ => return None,
+            };
+        }
+        (owners.len() == 3).then_some(owners)
+    })
+    .await;
+    assert_eq!(owners.len(), 3);
     for q in &partitions {
-        assert_eq!(
-            consumers(q),
-            (3, 1),
-            "{q}: every replica subscribed, exactly one active"
-        );
         assert_eq!(app.ready_in(q).await, 0, "{q} drained");
     }
     assert_eq!(
@@ -88,5 +80,70 @@ async fn partitioned_replicas_share_resources_without_overselling() {
     );
 
     // cleanup removes the partition queues and exchange too.
+    app.cleanup().await;
+}
+
+/// Each partition's one consumer, as replica names, once every partition
+/// has exactly one consumer and it is active; `None` before.
+fn owners(partitions: &[String]) -> Option<Vec<String>> {
+    partitions
+        .iter()
+        .map(|q| match consumers_of(q).as_slice() {
+            [(tag, true)] => tag.split('@').next().map(str::to_string),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many partitions each of `names` is the one consumer of.
+fn shares(owners: &[String], names: &[&str]) -> Vec<usize> {
+    names
+        .iter()
+        .map(|n| owners.iter().filter(|o| o == n).count())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_spread_over_the_replicas_and_follow_them_as_they_come_and_go() {
+    use crate::process::WorkerProcess;
+    use std::time::Instant;
+    let app = TestApp::with(|s| s.amqp.partitions = 4).await;
+    let partitions = reservation_worker::admin::partition_queues(&app.settings.amqp);
+    let (a, b) = (format!("{}-a", app.prefix()), format!("{}-b", app.prefix()));
+    let spread = |names: Vec<&str>, want: Vec<usize>| {
+        let partitions = partitions.clone();
+        let names: Vec<String> = names.into_iter().map(str::to_string).collect();
+        async move {
+            let started = Instant::now();
+            eventually(&format!("partitions shared {want:?}"), || async {
+                let owners = owners(&partitions)?;
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                (shares(&owners, &names) == want).then_some(())
+            })
+            .await;
+            started.elapsed()
+        }
+    };
+
+    let mut first = WorkerProcess::spawn(&app.settings, &a);
+    let alone = spread(vec![&a], vec![4]).await;
+    let mut second = WorkerProcess::spawn(&app.settings, &b);
+    let joined = spread(vec![&a, &b], vec![2, 2]).await;
+    // Scaled down: SIGTERM, the drain, the leases given back.
+    assert!(second.terminate().await.success());
+    let left = spread(vec![&a], vec![4]).await;
+    // A replica that dies: its heartbeat and leases run out.
+    let mut third = WorkerProcess::spawn(&app.settings, &b);
+    spread(vec![&a, &b], vec![2, 2]).await;
+    first.kill();
+    let died = spread(vec![&b], vec![4]).await;
+    eprintln!(
+        "handover times: first replica {alone:?}, second joins {joined:?}, \
+         leaves on SIGTERM {left:?}, first SIGKILLed {died:?}"
+    );
+    // Every command still decided once, by whichever replica owns it now.
+    app.send(&define("d", "after", 5, None)).await;
+    app.outcome("d").await;
+    assert!(third.terminate().await.success());
     app.cleanup().await;
 }
