@@ -39,6 +39,8 @@ pub(super) struct Partitions {
     consuming: BTreeMap<usize, ConsumerTag>,
     /// Cancelled, deliveries still held: the lease stays until none is.
     handing_over: BTreeSet<usize>,
+    /// Whether this replica has announced itself once already.
+    announced: bool,
 }
 
 impl Partitions {
@@ -50,6 +52,7 @@ impl Partitions {
             queues,
             consuming: BTreeMap::new(),
             handing_over: BTreeSet::new(),
+            announced: false,
         }
     }
 
@@ -68,6 +71,12 @@ impl Partitions {
     ) -> Result<(), RoundError> {
         let ms = LEASE.as_millis() as u64;
         let live = store.heartbeat(&self.name, ms).await?;
+        // The first round only announces this replica: replicas started
+        // together all see each other at their second, and take their
+        // shares at once rather than everything first and most of it back.
+        if !std::mem::replace(&mut self.announced, true) {
+            return Ok(());
+        }
         let mine: BTreeSet<usize> = assign::owned(self.queues.len(), &live, &self.name)
             .into_iter()
             .collect();
