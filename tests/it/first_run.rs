@@ -3,6 +3,7 @@
 //! run or set, on one line, with no client library's log around it.
 
 use crate::helpers::*;
+use crate::svg::assert_well_formed;
 use reservation_worker::config::Settings;
 use std::process::Output;
 
@@ -147,27 +148,6 @@ async fn events_gives_up_with_a_hint_when_nothing_comes() {
         "{stderr}"
     );
     app.cleanup().await;
-}
-
-/// Every element opened is closed, in order.
-fn assert_well_formed(svg: &str) {
-    assert!(svg.starts_with("<svg "), "{svg}");
-    assert!(svg.trim_end().ends_with("</svg>"), "{svg}");
-    let mut open: Vec<&str> = Vec::new();
-    for tag in svg.split('<').skip(1) {
-        let tag = tag.split('>').next().unwrap();
-        let name = tag
-            .trim_start_matches('/')
-            .split([' ', '/'])
-            .next()
-            .unwrap();
-        if tag.starts_with('/') {
-            assert_eq!(open.pop(), Some(name), "closing {name}");
-        } else if !tag.ends_with('/') {
-            open.push(name);
-        }
-    }
-    assert!(open.is_empty(), "unclosed {open:?}");
 }
 
 #[tokio::test]

@@ -33,5 +33,9 @@ mod proxy;
 mod redis_faults;
 mod redis_server;
 mod secrets;
+// The SVG check of the report, shared with the binary's own tests.
+#[path = "../../src/cli/svg.rs"]
+#[allow(dead_code)]
+mod svg;
 mod tls;
 mod unrouted;

@@ -64,8 +64,9 @@ pub(super) async fn throughput(
         per_replica: metrics
             .iter()
             .map(|m| {
-                m.get(reservation_worker::metrics::COMMANDS)
-                    .or(m.get(NULL_COMMANDS))
+                // A null worker exports the worker's counters too, at 0.
+                m.get(NULL_COMMANDS)
+                    .or(m.get(reservation_worker::metrics::COMMANDS))
                     .copied()
                     .unwrap_or(0.0)
             })
