@@ -11,6 +11,9 @@
 //! - `retry`: how long to wait before trying again.
 //! - `sweeper`: finds the holds that ran out with nothing else happening to
 //!   their resource, and publishes their expiries.
+//! - `partitions` and `assign`: in partitioned mode, which partitions this
+//!   replica consumes (heartbeats and leases in Redis), and their handover.
+//! - `observe`: the backlog and due-index figures the metrics show.
 
 mod assign;
 mod commit;
