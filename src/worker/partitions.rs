@@ -87,8 +87,31 @@ impl Partitions {
                 self.cancel(channel, p).await;
             }
         }
+        self.hand_over(store, &mine).await?;
+        for p in mine {
+            if self.consuming.contains_key(&p) || !store.claim_partition(p, &self.name, ms).await? {
+                continue;
+            }
+            let (tag, consumer) = subscribe_one(channel, &self.queues[p], &self.name).await?;
+            deliveries.push(consumer.map(move |d| (Some(p), d)).boxed());
+            self.consuming.insert(p, tag);
+            self.handing_over.remove(&p);
+            info!(partition = %self.queues[p], "consuming");
+        }
+        Ok(())
+    }
+
+    /// The partitions being handed over, except those in `keep`: each
+    /// whose deliveries are all settled is given back; the others' leases
+    /// are renewed, so that nobody takes them while they drain.
+    pub(super) async fn hand_over(
+        &mut self,
+        store: &Store,
+        keep: &BTreeSet<usize>,
+    ) -> Result<(), StoreError> {
+        let ms = LEASE.as_millis() as u64;
         for p in self.handing_over.clone() {
-            if mine.contains(&p) {
+            if keep.contains(&p) {
                 // Back before it was handed over: nobody else took it.
                 continue;
             }
@@ -99,16 +122,6 @@ impl Partitions {
             } else {
                 store.claim_partition(p, &self.name, ms).await?;
             }
-        }
-        for p in mine {
-            if self.consuming.contains_key(&p) || !store.claim_partition(p, &self.name, ms).await? {
-                continue;
-            }
-            let (tag, consumer) = subscribe_one(channel, &self.queues[p], &self.name).await?;
-            deliveries.push(consumer.map(move |d| (Some(p), d)).boxed());
-            self.consuming.insert(p, tag);
-            self.handing_over.remove(&p);
-            info!(partition = %self.queues[p], "consuming");
         }
         Ok(())
     }
@@ -150,6 +163,31 @@ impl Partitions {
                 warn!(error = %e, partition = %self.queues[p], "could not cancel a consumer");
             }
             self.handing_over.insert(p);
+        }
+    }
+}
+
+/// Waits for `drained` (the worker's drain) while handing its partitions
+/// over each [`ROUND`]: a drain longer than a lease keeps the partitions
+/// still draining, and gives back each one as soon as it is settled.
+pub(super) async fn drain_while_handing_over(
+    partitions: Option<&mut Partitions>,
+    store: &Store,
+    drained: impl std::future::Future<Output = ()>,
+) {
+    let Some(partitions) = partitions else {
+        return drained.await;
+    };
+    tokio::pin!(drained);
+    let mut rounds = tokio::time::interval(ROUND);
+    loop {
+        tokio::select! {
+            () = &mut drained => return,
+            _ = rounds.tick() => {
+                if let Err(e) = partitions.hand_over(store, &BTreeSet::new()).await {
+                    warn!(error = %e, "partitions: handing over failed; trying again at the next round");
+                }
+            }
         }
     }
 }

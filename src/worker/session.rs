@@ -237,7 +237,9 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
         }
         let grace = Duration::from_secs(settings.worker.shutdown_grace_secs);
         info!(grace_secs = grace.as_secs(), "draining");
-        if timeout(grace, tracker.wait()).await.is_err() {
+        let drained =
+            partitions::drain_while_handing_over(partitioned.as_mut(), store, tracker.wait());
+        if timeout(grace, drained).await.is_err() {
             warn!("grace period over; unfinished commands will be redelivered");
         }
     }

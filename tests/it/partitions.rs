@@ -147,3 +147,86 @@ async fn partitions_spread_over_the_replicas_and_follow_them_as_they_come_and_go
     assert!(third.terminate().await.success());
     app.cleanup().await;
 }
+
+/// What `reservation-worker status --json` prints for `app`.
+fn status_json(app: &TestApp) -> serde_json::Value {
+    let out = crate::budgets::cli(&app.settings, &["status", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+}
+
+/// `status` counts the commands waiting in every partition and in the
+/// command queue (which workers still drain in partitioned mode), as the
+/// autoscaler's trigger does, and shows who consumes each partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_the_command_queue_and_every_partition() {
+    use lapin::BasicProperties;
+    use lapin::options::BasicPublishOptions;
+    let mut app = TestApp::with(|s| s.amqp.partitions = 3).await;
+    let partitions = reservation_worker::admin::partition_queues(&app.settings.amqp);
+    for i in 0..30 {
+        app.send(&define(&format!("d{i}"), &format!("show-{i}"), 1, None))
+            .await;
+    }
+    // One left in the command queue from before partitions were switched on.
+    let channel = app.connection.create_channel().await.unwrap();
+    let body = define("before", "show-before", 1, None).to_json();
+    channel
+        .basic_publish(
+            "".into(),
+            app.settings.amqp.commands_queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    let _ = channel.close(200, "".into()).await;
+
+    // No worker yet: everything waits.
+    let waiting = eventually("31 commands waiting", || async {
+        let s = status_json(&app);
+        (s["ready_total"] == 31).then_some(s)
+    })
+    .await;
+    assert_eq!(waiting["commands"]["ready"], 1, "{waiting}");
+    let shown: Vec<&str> = waiting["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["queue"].as_str().unwrap())
+        .collect();
+    assert_eq!(shown, partitions, "{waiting}");
+    let in_partitions: u64 = waiting["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["ready"].as_u64().unwrap())
+        .sum();
+    assert_eq!(in_partitions, 30, "routed to the partitions: {waiting}");
+    let text = crate::budgets::cli(&app.settings, &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("commands total") && l.ends_with(" 31")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("note: no worker consumes {};", partitions[0])),
+        "{text}"
+    );
+
+    // One worker: it drains them all and consumes every partition.
+    app.start_worker();
+    app.wait_for_events(31).await;
+    let consumed = eventually("every queue drained, one consumer each", || async {
+        let s = status_json(&app);
+        let one_each = std::iter::once(&s["commands"])
+            .chain(s["partitions"].as_array()?)
+            .all(|q| q["consumers"] == 1);
+        (s["ready_total"] == 0 && one_each).then_some(s)
+    })
+    .await;
+    assert_eq!(consumed["partitions"].as_array().unwrap().len(), 3);
+    app.cleanup().await;
+}
