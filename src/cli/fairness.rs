@@ -7,7 +7,7 @@
 //!
 //! Shared by `rush`, `bench` and the integration tests.
 
-use reservation_worker::domain::CommandId;
+use reservation_worker::domain::{self, CommandId, Reason};
 use reservation_worker::message::CommandBody;
 use std::collections::{HashMap, HashSet};
 
@@ -22,13 +22,13 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// From an event's `outcome` and `reason`.
-    pub fn of(accepted: bool, reason: Option<&str>) -> Verdict {
-        match (accepted, reason) {
-            (true, _) => Verdict::Accepted,
-            (false, Some("sold_out")) => Verdict::SoldOut,
-            (false, Some("customer_limit")) => Verdict::CustomerLimit,
-            (false, _) => Verdict::Other,
+    /// From an outcome event's verdict.
+    pub fn of(outcome: &domain::Verdict) -> Verdict {
+        match outcome.reason() {
+            None => Verdict::Accepted,
+            Some(Reason::SoldOut) => Verdict::SoldOut,
+            Some(Reason::CustomerLimit) => Verdict::CustomerLimit,
+            Some(_) => Verdict::Other,
         }
     }
 }
@@ -232,8 +232,15 @@ mod tests {
         });
         list.push(d(3, "d", 1, Verdict::Accepted));
         assert_eq!(measure(list).inversions, 0);
-        assert_eq!(Verdict::of(false, Some("budget_exceeded")), Verdict::Other);
-        assert_eq!(Verdict::of(false, Some("sold_out")), Verdict::SoldOut);
-        assert_eq!(Verdict::of(true, None), Verdict::Accepted);
+        let rejected = |reason| domain::Verdict::Rejected {
+            reason,
+            detail: String::new(),
+        };
+        assert_eq!(
+            Verdict::of(&rejected(Reason::BudgetExceeded)),
+            Verdict::Other
+        );
+        assert_eq!(Verdict::of(&rejected(Reason::SoldOut)), Verdict::SoldOut);
+        assert_eq!(Verdict::of(&domain::Verdict::Accepted), Verdict::Accepted);
     }
 }

@@ -308,13 +308,9 @@ async fn reserves(
             }
             None => {
                 timeline.outcome(&envelope);
-                let reason = match &envelope.event.verdict {
-                    Verdict::Accepted => None,
-                    Verdict::Rejected { reason, .. } => Some(reason.as_str()),
-                };
                 verdicts.insert(
                     envelope.event.command_id.clone(),
-                    fairness::Verdict::of(envelope.event.is_accepted(), reason),
+                    fairness::Verdict::of(&envelope.event.verdict),
                 );
                 match &envelope.event.verdict {
                     Verdict::Accepted => {

@@ -90,6 +90,17 @@ impl Svg {
         );
     }
 
+    /// The x axis's title, under the plot's middle.
+    pub fn x_title(&mut self, title: &str) {
+        self.text(
+            LEFT + (WIDTH - LEFT - RIGHT) / 2.0,
+            HEIGHT - BOTTOM + 45.0,
+            "middle",
+            13.0,
+            title,
+        );
+    }
+
     /// Legend entry `i`, at the right of the plot.
     pub fn legend(&mut self, i: usize, colour: &str, name: &str, dashed: bool) {
         let x = WIDTH - RIGHT + 20.0;

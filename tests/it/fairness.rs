@@ -82,13 +82,9 @@ async fn drain_with_failover(partitions: u16) -> Unfairness {
 
     let mut first: HashMap<String, Verdict> = HashMap::new();
     for e in app.events() {
-        let reason = match &e.event.verdict {
-            reservation_worker::domain::Verdict::Accepted => None,
-            reservation_worker::domain::Verdict::Rejected { reason, .. } => Some(reason.as_str()),
-        };
         first
             .entry(e.event.command_id.to_string())
-            .or_insert(Verdict::of(e.event.is_accepted(), reason));
+            .or_insert(Verdict::of(&e.event.verdict));
     }
     let unfairness = fairness_measure::of_reserves(&bodies, |id| first.get(id.as_str()).copied());
     let summary = app.store.summary(&rid("arena")).await.unwrap().unwrap();

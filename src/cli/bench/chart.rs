@@ -156,13 +156,7 @@ pub(super) fn latency(latencies: &[Latency]) -> String {
             &format!("{rate:.0}"),
         );
     }
-    svg.text(
-        LEFT + plot_w / 2.0,
-        HEIGHT - BOTTOM + 45.0,
-        "middle",
-        13.0,
-        "offered rate (commands/s)",
-    );
+    svg.x_title("offered rate (commands/s)");
     let target = y_of(50.0);
     let _ = writeln!(
         svg.body,

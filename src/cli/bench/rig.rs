@@ -10,7 +10,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reservation_worker::admin::{self, Message, Publisher, Store};
 use reservation_worker::config::Settings;
-use reservation_worker::domain::Verdict;
 use reservation_worker::domain::{BudgetId, CommandId, CustomerId, ResourceId};
 use reservation_worker::message::CommandBody;
 use reservation_worker::producer::Events;
@@ -184,13 +183,9 @@ impl Rig {
                 let Some(Ok(event)) = event else { break };
                 let now = Instant::now();
                 let verdict = event.envelope().ok().map(|e| {
-                    let reason = match &e.event.verdict {
-                        Verdict::Accepted => None,
-                        Verdict::Rejected { reason, .. } => Some(reason.as_str()),
-                    };
                     (
                         e.event.command_id.to_string(),
-                        fairness::Verdict::of(e.event.is_accepted(), reason),
+                        fairness::Verdict::of(&e.event.verdict),
                     )
                 });
                 let mut s = sink.lock().expect("lock");

@@ -232,13 +232,7 @@ impl Timeline {
                 &label,
             );
         }
-        svg.text(
-            LEFT + plot_w / 2.0,
-            HEIGHT - BOTTOM + 45.0,
-            "middle",
-            13.0,
-            "milliseconds",
-        );
+        svg.x_title("milliseconds");
         svg.finish()
     }
 }
@@ -266,13 +260,7 @@ fn time_axis(svg: &mut Svg, seconds: f64) {
             &format!("{at:.decimals$}"),
         );
     }
-    svg.text(
-        LEFT + (WIDTH - LEFT - RIGHT) / 2.0,
-        HEIGHT - BOTTOM + 45.0,
-        "middle",
-        13.0,
-        "seconds since the first publish",
-    );
+    svg.x_title("seconds since the first publish");
 }
 
 #[cfg(test)]
