@@ -8,5 +8,5 @@ pub use crate::broker::{
     consumed_queues, declare_topology, declare_topology_on, delete_topology, is_not_found,
     node_order, partition_queues,
 };
-pub use crate::store::{Store, StoreError, Summary};
+pub use crate::store::{Commit, Store, StoreError, Summary, Transaction};
 pub use crate::worker::{Committed, decide_and_commit, decide_and_commit_all};

@@ -30,6 +30,9 @@ pub struct Transaction<'a> {
     conn: Option<Conn>,
     store: &'a Store,
     keys: &'a Keys,
+    /// The states [`Transaction::load_all`] read, as stored: what a commit
+    /// writes back for a resource whose state did not change.
+    loaded_states: HashMap<ResourceId, String>,
 }
 
 impl Drop for Transaction<'_> {
@@ -52,6 +55,7 @@ impl<'a> Transaction<'a> {
             conn: Some(conn),
             store,
             keys: &store.keys,
+            loaded_states: HashMap::new(),
         }
     }
 
@@ -61,10 +65,18 @@ impl<'a> Transaction<'a> {
             .expect("a transaction has its connection until it ends")
     }
 
-    /// WATCHes the setup marker, the resource's state and the commands'
-    /// records, and reads everything `reads` names, in one round trip. The
-    /// pipeline is not a transaction: WATCH runs first, so any write after
-    /// the reads (a flush included) is caught by EXEC.
+    /// WATCHes the setup marker and the resource's state, and reads
+    /// everything `reads` names, in one round trip. The pipeline is not a
+    /// transaction: WATCH runs first, so any write after the reads (a flush
+    /// included) is caught by EXEC.
+    ///
+    /// The state alone stands for every key of the resource a commit
+    /// writes: [`Transaction::commit_all`] rewrites it in every MULTI that
+    /// writes anything for the resource, even unchanged, so a concurrent
+    /// decision of the same command (a rejection changes no state) still
+    /// touches a watched key. A resource without a state (never defined)
+    /// has nothing to rewrite: its commands' records are watched and read
+    /// again in a second round trip, only then.
     ///
     /// A command accepted before whose record has expired is found in the
     /// `applied` index; its event is read back from the history (a second
@@ -102,7 +114,7 @@ impl<'a> Transaction<'a> {
         markers.dedup();
         let states: Vec<String> = group.iter().map(|(r, _)| keys.state(r)).collect();
         let mut watch = redis::cmd("WATCH");
-        watch.arg(&markers).arg(&states).arg(&record_keys);
+        watch.arg(&markers).arg(&states);
         let mut pipe = redis::pipe();
         pipe.add_command(watch).ignore();
         pipe.cmd("TIME");
@@ -124,26 +136,48 @@ impl<'a> Transaction<'a> {
                 key: markers.join(", "),
             });
         }
-        let strings: Vec<Option<String>> = parse(next(), "the states and records")?;
-        let (found_states, found_records) = strings.split_at(states.len().min(strings.len()));
-        let mut found_records = found_records.iter().cloned();
+        let mut strings: Vec<Option<String>> = parse(next(), "the states and records")?;
+        strings.resize(
+            states.len() + record_keys.iter().map(Vec::len).sum::<usize>(),
+            None,
+        );
+        let mut strings = strings.into_iter();
+        let mut found: Vec<Found> = states
+            .iter()
+            .map(|_| Found {
+                state: strings.next().flatten(),
+                records: Vec::new(),
+            })
+            .collect();
+        for (f, records) in found.iter_mut().zip(&record_keys) {
+            f.records = strings.by_ref().take(records.len()).collect();
+        }
         let mut loaded = Vec::with_capacity(group.len());
-        for (((resource, reads), records), state) in
-            group.iter().zip(&record_keys).zip(found_states)
-        {
-            let found = Found {
-                state: state.clone(),
-                records: found_records.by_ref().take(records.len()).collect(),
-            };
+        for (((resource, reads), records), found) in group.iter().zip(&record_keys).zip(found) {
             loaded.push(read_snapshot(
                 &mut next, keys, resource, reads, records, found, now,
             )?);
         }
+        let undefined: Vec<(usize, &[String])> = loaded
+            .iter()
+            .zip(&record_keys)
+            .enumerate()
+            .filter(|(_, (l, records))| l.state_json.is_none() && !records.is_empty())
+            .map(|(at, (_, records))| (at, records.as_slice()))
+            .collect();
+        if !undefined.is_empty() {
+            self.watch_records(group, &mut loaded, &undefined).await?;
+        }
+        self.loaded_states = loaded
+            .iter()
+            .filter_map(|l| Some((l.snapshot.resource_id.clone(), l.state_json.clone()?)))
+            .collect();
         let mut snapshots = Vec::with_capacity(group.len());
         for Loaded {
             mut snapshot,
             expired,
             due,
+            ..
         } in loaded
         {
             let resource = snapshot.resource_id.clone();
@@ -159,6 +193,43 @@ impl<'a> Transaction<'a> {
             snapshots.push(snapshot);
         }
         Ok(snapshots)
+    }
+
+    /// WATCHes the records of the resources of `group` at `undefined`
+    /// (with their keys), which have no state for a commit to rewrite, and
+    /// reads them again: a decision of one of their commands that another
+    /// writer committed since the first read is found now, and one
+    /// committed from now on fails the EXEC.
+    async fn watch_records(
+        &mut self,
+        group: &[(&ResourceId, &Reads<'_>)],
+        loaded: &mut [Loaded<'_>],
+        undefined: &[(usize, &[String])],
+    ) -> Result<(), StoreError> {
+        let keys: Vec<&String> = undefined.iter().flat_map(|(_, k)| k.iter()).collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("WATCH").arg(&keys).ignore();
+        pipe.cmd("MGET").arg(&keys);
+        let (found,): (Vec<Option<String>>,) = pipe.query_async(self.conn()).await?;
+        let mut found = found.into_iter();
+        for &(at, records) in undefined {
+            let Loaded {
+                snapshot, expired, ..
+            } = &mut loaded[at];
+            for ((id, key), json) in group[at].1.commands.iter().zip(records).zip(found.by_ref()) {
+                match json {
+                    Some(json) => {
+                        let record = from_json::<Record<OutgoingEvent>>(&json, key)?;
+                        snapshot.records.insert((*id).clone(), record);
+                        expired.retain(|(e, _)| e != id);
+                    }
+                    None => {
+                        snapshot.records.remove(*id);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every hold of `resource` that has run out at `now`, earliest first.
@@ -289,12 +360,19 @@ impl<'a> Transaction<'a> {
         }
         let mut tx = redis::pipe();
         tx.atomic();
-        // Every state in one MSET; the rest per resource.
+        // Every state in one MSET; the rest per resource. A resource whose
+        // state did not change gets it written back as it was read, so
+        // the write touches the one key its next transaction watches (see
+        // `load_all`).
         let states: Vec<(String, String)> = group
             .iter()
+            .filter(|(_, changes)| !changes.is_empty())
             .filter_map(|(resource, changes)| {
-                let state = changes.resource.as_ref()?;
-                Some((self.keys.state(resource), to_json(state)))
+                let state = match &changes.resource {
+                    Some(state) => to_json(state),
+                    None => self.loaded_states.get(*resource)?.clone(),
+                };
+                Some((self.keys.state(resource), state))
             })
             .collect();
         if !states.is_empty() {
@@ -494,6 +572,8 @@ fn from_json<T: serde::de::DeserializeOwned>(json: &str, key: &str) -> Result<T,
 /// One resource's snapshot as its first round trip read it.
 struct Loaded<'r> {
     snapshot: Snapshot<OutgoingEvent>,
+    /// The state as stored, for a commit to write back unchanged.
+    state_json: Option<String>,
     /// Accepted commands whose records expired: rebuilt from the history.
     expired: Vec<(&'r CommandId, Applied)>,
     /// Whether a hold has run out: the due ones are read next.
@@ -558,7 +638,8 @@ fn read_snapshot<'r>(
         state: State {
             resource: found
                 .state
-                .map(|json| from_json::<Resource>(&json, &state_key))
+                .as_deref()
+                .map(|json| from_json::<Resource>(json, &state_key))
                 .transpose()?,
             ..State::default()
         },
@@ -609,6 +690,7 @@ fn read_snapshot<'r>(
     let due = earliest.first().is_some_and(|(_, at)| *at as u64 <= now);
     Ok(Loaded {
         snapshot,
+        state_json: found.state,
         expired,
         due,
     })

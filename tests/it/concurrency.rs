@@ -131,3 +131,49 @@ async fn the_per_customer_limit_holds_under_the_same_race() {
     assert_eq!(s.reserved, 150);
     app.cleanup().await;
 }
+
+/// Two transactions decide the same command at once, and it is refused,
+/// which changes no state: only one of them commits, so the command keeps
+/// one record and gets one event. A transaction watches its resource's
+/// state, not every command's record; a commit writes the state back even
+/// unchanged, so the slower one sees the faster. An undefined resource has
+/// no state to write back: there the records are watched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_decided_twice_at_once_commits_once() {
+    use reservation_worker::admin::{Commit, Transaction};
+    use reservation_worker::domain;
+    use reservation_worker::message::{OutgoingEvent, decode};
+    let app = TestApp::new().await;
+    let hall = rid("hall");
+    let submit = |b: CommandBody| decode(&b.to_json()).unwrap();
+    app.commit(&hall, &[submit(define("d", "hall", 1, None))])
+        .await;
+    app.commit(&hall, &[submit(reserve("r1", "hall", "u", 1))])
+        .await;
+    for (resource, reason) in [
+        ("hall", Reason::SoldOut),
+        ("ghost", Reason::UnknownResource),
+    ] {
+        let r = rid(resource);
+        let batch = vec![submit(reserve("late", resource, "v", 1))];
+        let reads = domain::reads(&batch);
+        let mut first = app.store.begin(&r).await.unwrap();
+        let mut second = app.store.begin(&r).await.unwrap();
+        let decide = async |tx: &mut Transaction<'_>| {
+            let snapshot = tx.load_all(&[(&r, &reads)]).await.unwrap().remove(0);
+            let now = domain::at(snapshot.now);
+            domain::decide_batch(snapshot, &batch, |e| {
+                OutgoingEvent::new(e, uuid::Uuid::new_v4(), now)
+            })
+        };
+        let (a, b) = (decide(&mut first).await, decide(&mut second).await);
+        for d in [&a, &b] {
+            assert_eq!(d.outcomes[0].event().reason, Some(reason), "{resource}");
+        }
+        let committed = second.commit_all(&[(&r, &b.changes)]).await.unwrap();
+        assert_eq!(committed, Commit::Committed, "{resource}");
+        let raced = first.commit_all(&[(&r, &a.changes)]).await.unwrap();
+        assert_eq!(raced, Commit::Conflict, "{resource}: decided twice");
+    }
+    app.cleanup().await;
+}
