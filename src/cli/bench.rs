@@ -54,6 +54,16 @@ async fn run_plan(base: &Settings, o: &BenchOptions) -> anyhow::Result<()> {
         ..o.clone()
     };
     let exe = std::env::current_exe().context("locating this binary")?;
+    if o.modes.contains(&Mode::Baseline) {
+        let Some(baseline) = &o.baseline_exe else {
+            anyhow::bail!("mode `baseline` runs the binary `--baseline-exe` names: give one");
+        };
+        anyhow::ensure!(
+            baseline.is_file(),
+            "--baseline-exe {}: no such file",
+            baseline.display()
+        );
+    }
     let mut plan: Vec<(Workload, usize, Mode)> = Vec::new();
     for &w in &o.workloads {
         for &r in &o.replicas {

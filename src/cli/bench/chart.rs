@@ -224,6 +224,7 @@ fn modes_index(mode: Mode) -> usize {
         Mode::Null => 0,
         Mode::Group => 1,
         Mode::Naive => 2,
+        Mode::Baseline => 3,
     }
 }
 

@@ -31,6 +31,9 @@ pub enum Mode {
     Group,
     /// The worker with one transaction per command.
     Naive,
+    /// The worker with group commit, from another build
+    /// (`--baseline-exe`): a change's effect, measured in the same run.
+    Baseline,
 }
 
 /// Options of `reservation-worker bench`.
@@ -80,12 +83,26 @@ pub struct BenchOptions {
     /// Write the results as Markdown to this file.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+    /// The binary mode `baseline` runs (`run`, with this run's settings):
+    /// another build of the worker, such as the one before a change, built
+    /// in a checkout of its own.
+    #[arg(long)]
+    pub baseline_exe: Option<std::path::PathBuf>,
     /// Seed for the generated traffic.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
 }
 
 impl BenchOptions {
+    /// The binary that runs `mode`'s replicas: `this` one, or for
+    /// [`Mode::Baseline`] the one [`BenchOptions::baseline_exe`] names.
+    pub fn exe_for<'a>(&'a self, mode: Mode, this: &'a std::path::Path) -> &'a std::path::Path {
+        match (mode, &self.baseline_exe) {
+            (Mode::Baseline, Some(baseline)) => baseline,
+            _ => this,
+        }
+    }
+
     /// The prefetch every replica runs with, once [`BenchOptions::prefetch`]
     /// is resolved against the settings.
     pub fn prefetch(&self) -> u16 {

@@ -42,7 +42,7 @@ impl Replicas {
             let mut cmd = Command::new(exe);
             match mode {
                 Mode::Null => cmd.arg("null-worker"),
-                Mode::Group | Mode::Naive => cmd.arg("run"),
+                Mode::Group | Mode::Naive | Mode::Baseline => cmd.arg("run"),
             };
             cmd.args(["--name", &format!("{prefix}-w{i}")])
                 .envs(s.to_env())

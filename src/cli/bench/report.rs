@@ -72,6 +72,17 @@ pub(super) async fn render(
         o.duplicates * 100.0,
         o.prefetch()
     );
+    if let Some(baseline) = o
+        .baseline_exe
+        .as_ref()
+        .filter(|_| o.modes.contains(&Mode::Baseline))
+    {
+        let _ = writeln!(
+            md,
+            "`baseline` is the worker with group commit as `{}` builds it, run with the same settings: another build, measured in the same run.\n",
+            baseline.display()
+        );
+    }
     if o.repeat > 1 {
         let _ = writeln!(
             md,
@@ -132,8 +143,18 @@ pub(super) async fn render(
     }
     embed(&mut md, charts, Section::Throughput);
     let _ = writeln!(md, "\n## Ratios (same round)\n");
-    let _ = writeln!(md, "| workload | replicas | group / null | group / naive |");
-    let _ = writeln!(md, "|---|---|---|---|");
+    // Against another build only when the plan ran one.
+    let baseline = results.iter().any(|r| r.mode == Mode::Baseline);
+    let _ = writeln!(
+        md,
+        "| workload | replicas | group / null | group / naive |{}",
+        if baseline { " group / baseline |" } else { "" }
+    );
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|{}",
+        if baseline { "---|" } else { "" }
+    );
     let mut pairs: Vec<(Workload, usize)> = results
         .iter()
         .filter(|r| r.partitions == 0)
@@ -166,9 +187,14 @@ pub(super) async fn render(
         };
         let _ = writeln!(
             md,
-            "| {w:?} | {n} | {} | {} |",
+            "| {w:?} | {n} | {} | {} |{}",
             paired(Mode::Null),
-            paired(Mode::Naive)
+            paired(Mode::Naive),
+            if baseline {
+                format!(" {} |", paired(Mode::Baseline))
+            } else {
+                String::new()
+            }
         );
     }
     if !latencies.is_empty() {

@@ -215,8 +215,6 @@ impl Rig {
         })
     }
 
-    /// One command published with a confirm; the future owns what it needs,
-    /// so it can be spawned.
     /// Starts `replicas` replicas of `mode` on this run's queues and keys.
     pub(super) fn replicas(
         &self,
@@ -235,6 +233,8 @@ impl Rig {
         )
     }
 
+    /// One command published with a confirm; the future owns what it needs,
+    /// so it can be spawned.
     pub(super) fn publish(
         &self,
         body: &CommandBody,

@@ -26,7 +26,7 @@ pub(super) async fn throughput(
     rig.publish_all(&defines, "defining").await?;
     rig.publish_all(&bodies, "preloading").await?;
     let total = defines.len() + bodies.len();
-    let workers = rig.replicas(exe, replicas, mode, o.prefetch())?;
+    let workers = rig.replicas(o.exe_for(mode, exe), replicas, mode, o.prefetch())?;
     let waited = rig.wait_for_events(total, "outcomes").await;
     let metrics = workers.scrape().await;
     let peak_rss_kib = workers.peak_rss();
@@ -104,7 +104,7 @@ pub(super) async fn latency(
     let rig = Rig::new(base).await?;
     let (defines, bodies) = traffic(Workload::Hot, n, 0.0, o.seed + 1);
     rig.publish_all(&defines, "defining").await?;
-    let workers = rig.replicas(exe, replicas, mode, o.prefetch())?;
+    let workers = rig.replicas(o.exe_for(mode, exe), replicas, mode, o.prefetch())?;
     rig.wait_for_events(defines.len(), "defining").await?;
     rig.reset();
     let bar = progress(n as u64, if pace.is_some() { "paced" } else { "live" });
