@@ -230,18 +230,36 @@ impl Store {
     /// Bytes Redis uses (`used_memory` of `INFO memory`; summed over the
     /// masters of a cluster).
     pub async fn used_memory(&self) -> Result<u64, StoreError> {
-        let mut total = 0;
+        Ok(self.info_sum("memory", &["used_memory"]).await? as u64)
+    }
+
+    /// CPU time Redis has used since it started, in seconds (`used_cpu_sys`
+    /// plus `used_cpu_user` of `INFO cpu`; summed over the masters of a
+    /// cluster): the benchmark's measure of what the worker costs Redis.
+    pub async fn cpu_seconds(&self) -> Result<f64, StoreError> {
+        self.info_sum("cpu", &["used_cpu_sys", "used_cpu_user"])
+            .await
+    }
+
+    /// The sum of numeric `fields` of `INFO section` over every master.
+    async fn info_sum(&self, section: &str, fields: &[&str]) -> Result<f64, StoreError> {
+        let mut total = 0.0;
         for (node, _) in self.router.masters().await? {
             let mut conn = self.router.side_of(&node).await?;
             let info: String = redis::cmd("INFO")
-                .arg("memory")
+                .arg(section)
                 .query_async(&mut conn)
                 .await?;
-            total += info
-                .lines()
-                .find_map(|l| l.strip_prefix("used_memory:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| corrupt("INFO memory", "no used_memory line"))?;
+            for field in fields {
+                let prefix = format!("{field}:");
+                total += info
+                    .lines()
+                    .find_map(|l| l.strip_prefix(prefix.as_str()))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .ok_or_else(|| {
+                        corrupt(&format!("INFO {section}"), format!("no {field} line"))
+                    })?;
+            }
         }
         Ok(total)
     }

@@ -128,6 +128,8 @@ pub struct RunResult {
     pub peak_rss_kib: Vec<u64>,
     /// CPU time (user + system) all replicas used, in seconds.
     pub cpu_seconds: f64,
+    /// CPU time Redis used over the same span, in seconds, if it says.
+    pub redis_cpu_seconds: Option<f64>,
     /// Mean commit time and mean receipt-to-ack time inside the workers.
     pub mean_commit: Duration,
     pub mean_publish: Duration,

@@ -67,7 +67,7 @@ pub(super) async fn render(
     let _ = writeln!(md, "Machine: {}.\n", machine());
     let _ = writeln!(
         md,
-        "Each run preloads {} commands ({:.0} % duplicates) into a fresh quorum queue, then starts the replicas as separate processes (prefetch {}) and measures from the first outcome event to the last; broker, Redis, replicas and the bench share the machine. `null` consumes, publishes an outcome of the same size with a confirm and acks, with no Redis: the broker's limit. `group` is the worker with group commit (default), `naive` the same worker with one WATCH/MULTI transaction per command. `unfair` counts the accepted commands decided after a refused one published before them that asked for no more (`sold_out` on the same resource, or `customer_limit` for the same customer): first come, first served broken (README, \"Ordering\"); only `sellout` refuses any.\n",
+        "Each run preloads {} commands ({:.0} % duplicates) into a fresh quorum queue, then starts the replicas as separate processes (prefetch {}) and measures from the first outcome event to the last; broker, Redis, replicas and the bench share the machine. `null` consumes, publishes an outcome of the same size with a confirm and acks, with no Redis: the broker's limit. `group` is the worker with group commit (default), `naive` the same worker with one WATCH/MULTI transaction per command. The CPU columns are per command: the replicas' own (user + system), and Redis's as `INFO cpu` reports it over the same span (the null worker's is Redis idling); together, what a decision costs on top of the broker's work. `unfair` counts the accepted commands decided after a refused one published before them that asked for no more (`sold_out` on the same resource, or `customer_limit` for the same customer): first come, first served broken (README, \"Ordering\"); only `sellout` refuses any.\n",
         o.commands,
         o.duplicates * 100.0,
         o.prefetch()
@@ -92,9 +92,9 @@ pub(super) async fn render(
     }
     let _ = writeln!(
         md,
-        "| workload | replicas | mode | commands/s | range | seconds | replica CPU (µs/command) | conflicts/commit | commands/commit | per-replica share | unfair | peak RSS (MiB) |"
+        "| workload | replicas | mode | commands/s | range | seconds | replica CPU (µs/command) | Redis CPU (µs/command) | conflicts/commit | commands/commit | per-replica share | unfair | peak RSS (MiB) |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for runs in by_entry(results) {
         let r = runs[runs.len() / 2];
         let mut rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
@@ -122,7 +122,7 @@ pub(super) async fn render(
         let unfair = r.unfairness.map_or("-".to_string(), |u| u.describe());
         let _ = writeln!(
             md,
-            "| {:?} | {} | {} | {:.0} | {} | {:.2} | {:.0} | {} | {} | {} | {} | {:.1} |",
+            "| {:?} | {} | {} | {:.0} | {} | {:.2} | {:.0} | {} | {} | {} | {} | {} | {:.1} |",
             r.workload,
             r.replicas,
             if r.partitions > 0 {
@@ -134,6 +134,10 @@ pub(super) async fn render(
             range,
             r.seconds,
             1e6 * ratio(r.cpu_seconds, r.commands as f64),
+            r.redis_cpu_seconds.map_or("-".to_string(), |s| format!(
+                "{:.0}",
+                1e6 * ratio(s, r.commands as f64)
+            )),
             conflicts,
             per_commit,
             shares.join(" / "),

@@ -26,8 +26,16 @@ pub(super) async fn throughput(
     rig.publish_all(&defines, "defining").await?;
     rig.publish_all(&bodies, "preloading").await?;
     let total = defines.len() + bodies.len();
+    // Redis's own CPU over the run: what the worker costs it (nothing else
+    // should use it meanwhile; `None` if it cannot say).
+    let store = reservation_worker::admin::Store::new(&base.redis).ok();
+    let redis_cpu = async || store.as_ref()?.cpu_seconds().await.ok();
+    let redis_before = redis_cpu().await;
     let workers = rig.replicas(o.exe_for(mode, exe), replicas, mode, o.prefetch())?;
     let waited = rig.wait_for_events(total, "outcomes").await;
+    let redis_cpu_seconds = redis_before
+        .zip(redis_cpu().await)
+        .map(|(before, after)| after - before);
     let metrics = workers.scrape().await;
     let peak_rss_kib = workers.peak_rss();
     let cpu_seconds = workers.cpu_seconds();
@@ -73,6 +81,7 @@ pub(super) async fn throughput(
             .collect(),
         peak_rss_kib,
         cpu_seconds,
+        redis_cpu_seconds,
         mean_commit: mean(
             sum("reservation_commit_seconds_sum"),
             sum("reservation_commit_seconds_count"),
