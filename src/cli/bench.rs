@@ -110,11 +110,8 @@ async fn run_plan(base: &Settings, o: &BenchOptions) -> anyhow::Result<()> {
                 r.rate,
                 r.commands,
                 r.seconds,
-                1e6 * ratio(r.cpu_seconds, r.commands as f64),
-                r.redis_cpu_seconds.map_or("-".to_string(), |s| format!(
-                    "{:.0}",
-                    1e6 * ratio(s, r.commands as f64)
-                )),
+                r.replica_us_per_command(),
+                r.redis_us_per_command(),
                 ratio(r.conflicts, r.commits),
                 ratio(r.commands as f64, r.commits),
                 r.mean_commit.as_secs_f64() * 1e3,

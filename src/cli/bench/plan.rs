@@ -140,6 +140,21 @@ pub struct RunResult {
     pub unfairness: Option<Unfairness>,
 }
 
+impl RunResult {
+    /// The replicas' CPU per command, in µs.
+    pub fn replica_us_per_command(&self) -> f64 {
+        1e6 * ratio(self.cpu_seconds, self.commands as f64)
+    }
+
+    /// Redis's CPU per command, in µs, as a table shows it: `-` when Redis
+    /// did not say.
+    pub fn redis_us_per_command(&self) -> String {
+        self.redis_cpu_seconds.map_or("-".to_string(), |s| {
+            format!("{:.0}", 1e6 * ratio(s, self.commands as f64))
+        })
+    }
+}
+
 /// Publish-to-outcome latency with the commands published while the
 /// replicas consume: paced, or as fast as the bench can publish.
 #[derive(Debug, Clone)]

@@ -133,11 +133,8 @@ pub(super) async fn render(
             rate,
             range,
             r.seconds,
-            1e6 * ratio(r.cpu_seconds, r.commands as f64),
-            r.redis_cpu_seconds.map_or("-".to_string(), |s| format!(
-                "{:.0}",
-                1e6 * ratio(s, r.commands as f64)
-            )),
+            r.replica_us_per_command(),
+            r.redis_us_per_command(),
             conflicts,
             per_commit,
             shares.join(" / "),
