@@ -312,3 +312,46 @@ async fn error_replies_that_pass_are_told_apart_from_those_that_do_not() {
     assert!(matches!(lost, StoreError::Uninitialised { .. }), "{lost}");
     app.cleanup().await;
 }
+
+/// A pooled connection is handed out again at once without a PING (a round
+/// trip per transaction saved), and one whose request failed on the
+/// connection itself is closed, not pooled: the next caller gets a working
+/// one, not the broken one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_are_reused_without_a_ping_and_broken_ones_are_closed() {
+    use reservation_worker::admin::Store;
+    let redis = RedisServer::start(&[]).await;
+    let (mut settings, _) = isolated_settings();
+    settings.redis.url = redis.url();
+    settings.redis.pool_size = 1;
+    let store = Store::named(&settings.redis, Some("pool-test")).unwrap();
+
+    const USES: u64 = 20;
+    let pings = redis.calls("ping").await;
+    for _ in 0..USES {
+        store.used_memory().await.unwrap();
+    }
+    // A reuse that waited past the trusted window (a stalled machine) is
+    // checked with a PING: allow some, but not one per reuse.
+    let checked = redis.calls("ping").await - pings;
+    assert!(
+        checked <= USES / 2,
+        "{checked} PINGs for {USES} reuses at once"
+    );
+
+    // The pooled connection dies on the server's side (a restart, a
+    // timeout, a proxy): the next request on it may fail, and the one
+    // after it must not.
+    let killed: i64 = redis::from_redis_value(
+        redis
+            .cmd(&["CLIENT", "KILL", "USER", "default", "SKIPME", "yes"])
+            .await,
+    )
+    .unwrap();
+    assert_eq!(killed, 1, "the pool's one connection was killed");
+    let _ = store.used_memory().await;
+    store
+        .used_memory()
+        .await
+        .expect("a connection that failed is replaced, not pooled again");
+}
