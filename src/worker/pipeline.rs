@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, Span, debug, error, info, warn};
+use tracing::{Instrument, Span, debug, error, field, info, info_span, warn};
 
 /// What one broker session's delivery tasks share.
 pub(super) struct Pipeline {
@@ -49,6 +49,27 @@ struct Pending {
     delivery: Delivery,
     /// The delivery's span, for the part that runs after the decision.
     span: Span,
+}
+
+/// What the broker said of a delivery, for its span.
+pub(super) struct Seen {
+    pub delivery_tag: u64,
+    pub redelivered: bool,
+}
+
+/// A delivery's span, made once its command is decoded, so its ids are
+/// fields from the start: the JSON log format re-parses and re-encodes a
+/// span's fields for every field recorded later, and that was three times
+/// per command. Only the outcome is recorded later.
+fn command_span(seen: &Seen, command_id: Option<&str>, resource_id: Option<&str>) -> Span {
+    info_span!(
+        "command",
+        delivery_tag = seen.delivery_tag,
+        redelivered = seen.redelivered,
+        command_id,
+        resource_id,
+        outcome = field::Empty,
+    )
 }
 
 /// A command's decision: its outcome, or why there is none.
@@ -182,12 +203,14 @@ impl Pipeline {
     /// queued for its decision now, in the order the broker delivered it,
     /// so the commands of one resource are decided in that order. Once
     /// decided (in its lane, with its batch), it goes on in [`Self::finish`].
-    pub(super) fn process(self: &Arc<Self>, mut delivery: Delivery) {
-        let span = Span::current();
+    pub(super) fn process(self: &Arc<Self>, mut delivery: Delivery, seen: Seen) {
         match message::decode_any(delivery.body()) {
             Ok(Decoded::Budget(command, hash)) => {
-                span.record("command_id", command.command_id.as_str());
-                span.record("resource_id", command.budget_id.as_str());
+                let span = command_span(
+                    &seen,
+                    Some(command.command_id.as_str()),
+                    Some(command.budget_id.as_str()),
+                );
                 let this = self.clone();
                 self.tracker.spawn(async move {
                     let decided = this.define_budget(&command, &hash).await;
@@ -202,13 +225,20 @@ impl Pipeline {
                 if delivery.body().len() > message::MAX_BODY_BYTES {
                     delivery.release_body();
                 }
-                span.record("command_id", submission.command.command_id.as_str());
-                span.record("resource_id", submission.command.resource_id.as_str());
+                let command = &submission.command;
+                let span = command_span(
+                    &seen,
+                    Some(command.command_id.as_str()),
+                    Some(command.resource_id.as_str()),
+                );
                 self.queue(submission, Pending { delivery, span });
             }
             Err(unreadable) => {
                 let decided = Err(Failure::Unreadable(unreadable));
-                let pending = Pending { delivery, span };
+                let pending = Pending {
+                    delivery,
+                    span: command_span(&seen, None, None),
+                };
                 self.tracker.spawn(self.clone().finish(pending, decided));
             }
         }

@@ -3,7 +3,7 @@
 //! tear down within bounded time.
 
 use super::partitions::{self, Partitions, RoundError};
-use super::pipeline::Pipeline;
+use super::pipeline::{Pipeline, Seen};
 use crate::broker::{self, Delivery, Publisher, Settler, TopologyError};
 use crate::config::Settings;
 use crate::health::{Health, StoreState};
@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{field, info, info_span, warn};
+use tracing::{info, warn};
 
 /// Why a session ended other than by shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -204,19 +204,15 @@ pub async fn run(replica: Replica<'_>, shutdown: &CancellationToken) -> Result<(
             }
             next = deliveries.next(), if !deliveries.is_empty() => match next {
                 Some((partition, Ok(delivery))) => {
-                    let span = info_span!(
-                        "command",
-                        delivery_tag = delivery.delivery_tag,
-                        redelivered = delivery.redelivered,
-                        command_id = field::Empty,
-                        resource_id = field::Empty,
-                        outcome = field::Empty,
-                    );
+                    let seen = Seen {
+                        delivery_tag: delivery.delivery_tag,
+                        redelivered: delivery.redelivered,
+                    };
                     let mut delivery = Delivery::new(delivery, settler.clone());
                     if let (Some(p), Some(parts)) = (partition, &partitioned) {
                         delivery = delivery.counted(parts.in_flight(p));
                     }
-                    span.in_scope(|| pipeline.process(delivery));
+                    pipeline.process(delivery, seen);
                 }
                 Some((_, Err(e))) => break Err(SessionError::Consume(e)),
                 // Every consumer ended: cancelled by us while Redis fails,

@@ -457,3 +457,39 @@ async fn a_batch_leaves_holdings_and_reservations_as_its_history_says() {
     );
     app.cleanup().await;
 }
+
+/// Every log line about a command carries its ids: the delivery's span has
+/// `command_id` and `resource_id` from the start, and `outcome` once it is
+/// decided (the worker's JSON log, as it runs in production).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commands_log_lines_carry_its_ids_and_outcome() {
+    use crate::process::WorkerProcess;
+    let app = TestApp::new().await;
+    let mut worker = WorkerProcess::spawn(&app.settings, &format!("{}-logs", app.prefix()));
+    app.send(&define("logs-define", "stage", 5, None)).await;
+    app.outcome("logs-define").await;
+    let twice = reserve("logs-twice", "stage", "u", 1);
+    app.send(&twice).await;
+    app.outcomes("logs-twice", 1).await;
+    app.send(&twice).await;
+    app.outcomes("logs-twice", 2).await;
+    assert!(worker.terminate().await.success());
+    let log = std::fs::read_to_string(worker.log()).unwrap();
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("duplicate delivery"))
+        })
+        .unwrap_or_else(|| panic!("no line about the duplicate in:\n{log}"));
+    let span = &line["span"];
+    assert_eq!(span["name"], "command", "{line}");
+    assert_eq!(span["command_id"], "logs-twice", "{line}");
+    assert_eq!(span["resource_id"], "stage", "{line}");
+    assert_eq!(span["outcome"], "reserve.accepted", "{line}");
+    assert_eq!(span["redelivered"], false, "{line}");
+    assert!(span["delivery_tag"].is_u64(), "{line}");
+    app.cleanup().await;
+}
