@@ -1,8 +1,9 @@
 //! Identifier newtypes: a value of one of these is a valid id by construction.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest id the contract allows, in characters.
 pub const MAX_ID_CHARS: usize = 128;
@@ -61,9 +62,12 @@ fn validate_command_id(s: &str) -> Result<(), IdError> {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $validate:ident) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        ///
+        /// Shared, not copied: a decision hands the same id to its event,
+        /// its record, its holdings and its keys, and a clone is a
+        /// reference count, not an allocation.
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// The id as a string slice.
@@ -76,7 +80,7 @@ macro_rules! id_type {
             type Error = IdError;
             fn try_from(s: String) -> Result<Self, IdError> {
                 $validate(&s)?;
-                Ok(Self(s))
+                Ok(Self(s.into()))
             }
         }
 
@@ -86,13 +90,26 @@ macro_rules! id_type {
                 // Checked before the copy: a megabyte-long candidate read
                 // from a command body is refused without being copied.
                 $validate(s)?;
-                Ok(Self(s.to_owned()))
+                Ok(Self(s.into()))
             }
         }
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.as_ref().to_owned()
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <Cow<'de, str>>::deserialize(d)?;
+                Self::try_from(s.as_ref()).map_err(serde::de::Error::custom)
             }
         }
 
@@ -140,7 +157,7 @@ id_type!(
 impl CommandId {
     /// The id of `hold`'s expiry: `expire:<hold id>`.
     pub fn expiry_of(hold: &CommandId) -> CommandId {
-        CommandId(format!("{EXPIRY_PREFIX}{hold}"))
+        CommandId(format!("{EXPIRY_PREFIX}{hold}").into())
     }
 }
 
