@@ -10,7 +10,7 @@ use crate::domain::{
     Snapshot, State,
 };
 use crate::message::OutgoingEvent;
-use redis::Value;
+use redis::{Cmd, RedisWrite, Value};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -46,6 +46,25 @@ impl Drop for Transaction<'_> {
 fn to_json(value: &impl Serialize) -> String {
     serde_json::to_string(value).expect("plain struct")
 }
+
+/// `name` with room for `args` more arguments of about `bytes` bytes in
+/// all. `redis::cmd` starts with empty buffers and grows them as arguments
+/// come, a copy each time: several allocations for a command that carries
+/// an event body.
+fn sized(name: &str, args: usize, bytes: usize) -> Cmd {
+    let mut cmd = Cmd::with_capacity(args + 1, name.len() + bytes);
+    cmd.arg(name);
+    cmd
+}
+
+/// `value` as JSON, written straight into `cmd` as its next argument.
+fn json_arg(cmd: &mut Cmd, value: &impl Serialize) {
+    serde_json::to_writer(cmd.writer_for_next_arg(), value).expect("plain struct");
+}
+
+/// Room for a record's JSON besides its event's body: the hash, the ids,
+/// the typed fields.
+const RECORD_OVERHEAD: usize = 320;
 
 impl<'a> Transaction<'a> {
     /// A transaction on `conn`, a connection of its own to the master of
@@ -113,15 +132,28 @@ impl<'a> Transaction<'a> {
         markers.sort_unstable();
         markers.dedup();
         let states: Vec<String> = group.iter().map(|(r, _)| keys.state(r)).collect();
-        let mut watch = redis::cmd("WATCH");
+        let length = |keys: &[String]| keys.iter().map(String::len).sum::<usize>();
+        let records = record_keys.iter().map(Vec::len).sum::<usize>();
+        let mut watch = sized(
+            "WATCH",
+            markers.len() + states.len(),
+            length(&markers) + length(&states),
+        );
         watch.arg(&markers).arg(&states);
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(4 + 4 * group.len());
         pipe.add_command(watch).ignore();
         pipe.cmd("TIME");
         pipe.cmd("EXISTS").arg(&markers);
         // Every state and record of the group in one MGET: they are plain
         // strings, and share the group's slot.
-        pipe.cmd("MGET").arg(&states).arg(&record_keys);
+        let record_bytes: usize = record_keys.iter().map(|k| length(k)).sum();
+        let mut mget = sized(
+            "MGET",
+            states.len() + records,
+            length(&states) + record_bytes,
+        );
+        mget.arg(&states).arg(&record_keys);
+        pipe.add_command(mget);
         for (resource, reads) in group {
             queue_reads(&mut pipe, keys, resource, reads);
         }
@@ -358,7 +390,11 @@ impl<'a> Transaction<'a> {
             self.release();
             return Ok(Commit::Committed);
         }
-        let mut tx = redis::pipe();
+        let commands: usize = group
+            .iter()
+            .map(|(_, c)| 4 + 2 * (c.records.len() + c.expiries.len()))
+            .sum();
+        let mut tx = redis::Pipeline::with_capacity(1 + commands);
         tx.atomic();
         // Every state in one MSET; the rest per resource. A resource whose
         // state did not change gets it written back as it was read, so
@@ -376,7 +412,10 @@ impl<'a> Transaction<'a> {
             })
             .collect();
         if !states.is_empty() {
-            tx.mset(&states).ignore();
+            let bytes = states.iter().map(|(k, v)| k.len() + v.len()).sum();
+            let mut mset = sized("MSET", 2 * states.len(), bytes);
+            mset.arg(&states);
+            tx.add_command(mset).ignore();
         }
         for (resource, changes) in group {
             self.multi(&mut tx, resource, changes);
@@ -425,8 +464,10 @@ impl<'a> Transaction<'a> {
             })
             .collect();
         if !set.is_empty() {
-            let mut hset = redis::cmd("HSET");
-            hset.arg(keys.holdings(resource));
+            let key = keys.holdings(resource);
+            let bytes = key.len() + set.iter().map(|(c, _)| c.len() + 10).sum::<usize>();
+            let mut hset = sized("HSET", 1 + 2 * set.len(), bytes);
+            hset.arg(key);
             for (c, n) in set {
                 hset.arg(c).arg(n);
             }
@@ -442,19 +483,42 @@ impl<'a> Transaction<'a> {
             }
         }
         if !changes.reservations.is_empty() {
-            let mut hset = redis::cmd("HSET");
-            hset.arg(keys.reservations(resource));
+            let key = keys.reservations(resource);
+            let n = changes.reservations.len();
+            let bytes = key.len()
+                + changes
+                    .reservations
+                    .iter()
+                    .map(|(id, _)| id.as_str().len() + 160)
+                    .sum::<usize>();
+            let mut hset = sized("HSET", 1 + 2 * n, bytes);
+            hset.arg(key);
             for (id, r) in &changes.reservations {
-                hset.arg(id.as_str()).arg(to_json(r));
+                hset.arg(id.as_str());
+                json_arg(&mut hset, r);
             }
             tx.add_command(hset).ignore();
         }
+        let history = if changes.expiries.is_empty() && changes.records.is_empty() {
+            String::new()
+        } else {
+            keys.history(resource)
+        };
+        // History entries are numbered by version: an accepted event is
+        // `<version>-0`, so it can be found again by its version; a
+        // rejection takes the next free `<version>-n`.
+        let xadd = |version: u64, accepted: bool, body: &[u8]| {
+            let mut xadd = sized("XADD", 4, history.len() + 30 + body.len());
+            xadd.arg(&history);
+            match accepted {
+                true => xadd.write_arg_fmt(format_args!("{version}-0")),
+                false => xadd.write_arg_fmt(format_args!("{version}-*")),
+            }
+            xadd.arg("event").arg(body);
+            xadd
+        };
         for (hold, event) in &changes.expiries {
-            tx.cmd("XADD")
-                .arg(keys.history(resource))
-                .arg(format!("{}-0", event.version))
-                .arg("event")
-                .arg(&event.body)
+            tx.add_command(xadd(event.version, true, &event.body))
                 .ignore();
             tx.set(keys.expiry(resource, hold), to_json(event)).ignore();
         }
@@ -466,32 +530,30 @@ impl<'a> Transaction<'a> {
             tx.zrem(keys.holds(resource), hold_member(hold)).ignore();
         }
         for (id, record) in &changes.records {
-            // History entries are numbered by version: an accepted event is
-            // `<version>-0`, so it can be found again by its version; a
-            // rejection takes the next free `<version>-n`.
-            let entry = match record.event.reason {
-                None => format!("{}-0", record.event.version),
-                Some(_) => format!("{}-*", record.event.version),
-            };
-            tx.cmd("XADD")
-                .arg(keys.history(resource))
-                .arg(entry)
-                .arg("event")
-                .arg(&record.event.body)
+            let event = &record.event;
+            tx.add_command(xadd(event.version, event.reason.is_none(), &event.body))
                 .ignore();
-            tx.set_ex(
-                keys.record(resource, id),
-                to_json(record),
-                self.store.retention_secs,
-            )
-            .ignore();
+            let key = keys.record(resource, id);
+            let bytes = key.len() + 20 + event.body.len() + RECORD_OVERHEAD;
+            let mut setex = sized("SETEX", 3, bytes);
+            setex.arg(key).arg(self.store.retention_secs);
+            json_arg(&mut setex, record);
+            tx.add_command(setex).ignore();
         }
         if !changes.applied.is_empty() {
-            let mut hset = redis::cmd("HSET");
-            hset.arg(keys.applied(resource));
+            let key = keys.applied(resource);
+            let n = changes.applied.len();
+            let bytes = key.len()
+                + changes
+                    .applied
+                    .iter()
+                    .map(|(id, a)| id.as_str().len() + 24 + a.hash.len())
+                    .sum::<usize>();
+            let mut hset = sized("HSET", 1 + 2 * n, bytes);
+            hset.arg(key);
             for (id, applied) in &changes.applied {
-                hset.arg(id.as_str())
-                    .arg(format!("{}:{}", applied.version, applied.hash));
+                hset.arg(id.as_str());
+                hset.write_arg_fmt(format_args!("{}:{}", applied.version, applied.hash));
             }
             tx.add_command(hset).ignore();
         }
@@ -546,11 +608,6 @@ fn hold_from_member(member: &str, expires_at: Millis) -> Result<DueHold, serde_j
     })
 }
 
-/// The ids as strings, for HMGET.
-fn ids<'b>(list: &[&'b CommandId]) -> Vec<&'b str> {
-    list.iter().map(|c| c.as_str()).collect()
-}
-
 /// An `applied` entry: `version:hash`.
 fn parse_applied(entry: &str, key: &str) -> Result<Applied, StoreError> {
     entry
@@ -596,25 +653,26 @@ fn queue_reads(pipe: &mut redis::Pipeline, keys: &Keys, resource: &ResourceId, r
         .arg(0)
         .arg(0)
         .arg("WITHSCORES");
+    let hmget = |key: String, fields: &mut dyn ExactSizeIterator<Item = &str>| {
+        let mut cmd = sized("HMGET", 1 + fields.len(), key.len() + 24 * fields.len());
+        cmd.arg(key);
+        for field in fields {
+            cmd.arg(field);
+        }
+        cmd
+    };
     // A sweep's batch is empty: it names no command.
     if !reads.commands.is_empty() {
-        pipe.cmd("HMGET")
-            .arg(keys.applied(resource))
-            .arg(ids(&reads.commands));
+        let mut ids = reads.commands.iter().map(|c| c.as_str());
+        pipe.add_command(hmget(keys.applied(resource), &mut ids));
     }
     if !reads.customers.is_empty() {
-        pipe.cmd("HMGET").arg(keys.holdings(resource)).arg(
-            reads
-                .customers
-                .iter()
-                .map(|c| c.as_str())
-                .collect::<Vec<_>>(),
-        );
+        let mut ids = reads.customers.iter().map(|c| c.as_str());
+        pipe.add_command(hmget(keys.holdings(resource), &mut ids));
     }
     if !reads.reservations.is_empty() {
-        pipe.cmd("HMGET")
-            .arg(keys.reservations(resource))
-            .arg(ids(&reads.reservations));
+        let mut ids = reads.reservations.iter().map(|c| c.as_str());
+        pipe.add_command(hmget(keys.reservations(resource), &mut ids));
     }
 }
 
