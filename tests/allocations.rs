@@ -176,8 +176,8 @@ async fn allocations_per_command_stay_bounded() {
     let mut figures = Vec::new();
     for round in 0..4 {
         figures = vec![
-            ("hot", hot(&store, round).await, 45.0),
-            ("uniform", uniform(&store, round).await, 140.0),
+            ("hot", hot(&store, round).await, 34.0),
+            ("uniform", uniform(&store, round).await, 108.0),
         ];
     }
     store.delete_all().await.unwrap();

@@ -51,7 +51,23 @@ impl Keys {
     }
 
     fn key(&self, r: &ResourceId, suffix: &str) -> String {
-        format!("{}{{{}}}:{suffix}", self.prefix, tag(r))
+        self.key_of(r, &[suffix])
+    }
+
+    /// `<prefix>{<tag>}:<parts>`, allocated once at its final size: a
+    /// transaction makes a few keys per command.
+    fn key_of(&self, r: &ResourceId, parts: &[&str]) -> String {
+        let tag = tag(r);
+        let length = parts.iter().map(|p| p.len()).sum::<usize>();
+        let mut key = String::with_capacity(self.prefix.len() + tag.len() + 3 + length);
+        key.push_str(&self.prefix);
+        key.push('{');
+        key.push_str(&tag);
+        key.push_str("}:");
+        for part in parts {
+            key.push_str(part);
+        }
+        key
     }
 
     /// The scalar state.
@@ -143,7 +159,7 @@ impl Keys {
 
     /// A hold's expiry: its `expire` event, kept for good.
     pub fn expiry(&self, r: &ResourceId, hold: &CommandId) -> String {
-        self.key(r, &format!("expiry:{hold}"))
+        self.key_of(r, &["expiry:", hold.as_str()])
     }
 
     /// Shard `n` of the due-time index of every resource's holds, which the
@@ -173,7 +189,7 @@ impl Keys {
 
     /// One command's idempotency record.
     pub fn record(&self, r: &ResourceId, c: &CommandId) -> String {
-        self.key(r, &format!("cmd:{c}"))
+        self.key_of(r, &["cmd:", c.as_str()])
     }
 
     /// A key of budget `b`: under the hash tag `%budget:<encoded id>`,

@@ -128,7 +128,11 @@ impl<'a> Transaction<'a> {
             .collect();
         // One setup marker per slot: on a single Redis, or within a
         // cluster group, usually one for the whole group.
-        let mut markers: Vec<String> = group.iter().map(|(r, _)| keys.marker(r)).collect();
+        let mut markers: Vec<String> = if keys.is_cluster() {
+            group.iter().map(|(r, _)| keys.marker(r)).collect()
+        } else {
+            vec![keys.marker_of_any()]
+        };
         markers.sort_unstable();
         markers.dedup();
         let states: Vec<String> = group.iter().map(|(r, _)| keys.state(r)).collect();
