@@ -39,6 +39,13 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// [`sha256_hex`] of `value`'s JSON, hashed as it is written: no buffer.
+fn sha256_hex_of_json(value: &impl Serialize) -> String {
+    let mut hasher = Sha256::new();
+    serde_json::to_writer(&mut hasher, value).expect("plain struct");
+    hex::encode(hasher.finalize())
+}
+
 /// A command body as producers write it: the contract's JSON.
 ///
 /// Serialising one gives the canonical body (fixed field order, no unknown

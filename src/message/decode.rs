@@ -7,7 +7,7 @@
 
 use super::fields::{Fields, Key, Malformed};
 use super::raw::{self, Text};
-use super::{CommandBody, MAX_BODY_BYTES, Unreadable, sha256_hex};
+use super::{CommandBody, MAX_BODY_BYTES, Unreadable, sha256_hex, sha256_hex_of_json};
 use crate::domain::{
     Action, BudgetChange, BudgetCommand, BudgetId, Command, CommandId, CommandKind, EXPIRY_PREFIX,
     IdError, LimitChange, MAX_AMOUNT, MAX_HOLD_SECS, MAX_ID_CHARS, ResourceId, Submission,
@@ -80,7 +80,7 @@ fn decode_budget(body: &[u8], fields: &Fields) -> Result<(BudgetCommand, String)
                 budget_id: budget_id.clone(),
                 per_customer_amount: *per_customer_amount,
             };
-            sha256_hex(&canonical.to_json())
+            sha256_hex_of_json(&canonical)
         }
         Err(_) => sha256_hex(body),
     };
@@ -103,7 +103,7 @@ fn decode_fields(body: &[u8], fields: &Fields) -> Result<Submission, Unreadable>
     let (action, body_hash) = match action {
         Ok(action) => {
             let canonical = CommandBody::from_parts(&command_id, &resource_id, &action);
-            let hash = sha256_hex(&serde_json::to_vec(&canonical).expect("plain struct"));
+            let hash = sha256_hex_of_json(&canonical);
             (action, hash)
         }
         Err(detail) => (Action::Invalid { kind, detail }, sha256_hex(body)),
