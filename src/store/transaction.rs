@@ -57,6 +57,14 @@ fn sized(name: &str, args: usize, bytes: usize) -> Cmd {
     cmd
 }
 
+/// [`sized`] with `key` as its first argument: `args` and `bytes` count
+/// the others.
+fn keyed(name: &str, key: &str, args: usize, bytes: usize) -> Cmd {
+    let mut cmd = sized(name, 1 + args, key.len() + bytes);
+    cmd.arg(key);
+    cmd
+}
+
 /// `value` as JSON, written straight into `cmd` as its next argument.
 fn json_arg(cmd: &mut Cmd, value: &impl Serialize) {
     serde_json::to_writer(cmd.writer_for_next_arg(), value).expect("plain struct");
@@ -468,10 +476,8 @@ impl<'a> Transaction<'a> {
             })
             .collect();
         if !set.is_empty() {
-            let key = keys.holdings(resource);
-            let bytes = key.len() + set.iter().map(|(c, _)| c.len() + 10).sum::<usize>();
-            let mut hset = sized("HSET", 1 + 2 * set.len(), bytes);
-            hset.arg(key);
+            let bytes = set.iter().map(|(c, _)| c.len() + 10).sum();
+            let mut hset = keyed("HSET", &keys.holdings(resource), 2 * set.len(), bytes);
             for (c, n) in set {
                 hset.arg(c).arg(n);
             }
@@ -487,17 +493,15 @@ impl<'a> Transaction<'a> {
             }
         }
         if !changes.reservations.is_empty() {
+            // A reservation's JSON is about a hundred bytes.
+            let reservations = &changes.reservations;
+            let bytes = reservations
+                .iter()
+                .map(|(id, _)| id.as_str().len() + 160)
+                .sum();
             let key = keys.reservations(resource);
-            let n = changes.reservations.len();
-            let bytes = key.len()
-                + changes
-                    .reservations
-                    .iter()
-                    .map(|(id, _)| id.as_str().len() + 160)
-                    .sum::<usize>();
-            let mut hset = sized("HSET", 1 + 2 * n, bytes);
-            hset.arg(key);
-            for (id, r) in &changes.reservations {
+            let mut hset = keyed("HSET", &key, 2 * reservations.len(), bytes);
+            for (id, r) in reservations {
                 hset.arg(id.as_str());
                 json_arg(&mut hset, r);
             }
@@ -512,8 +516,7 @@ impl<'a> Transaction<'a> {
         // `<version>-0`, so it can be found again by its version; a
         // rejection takes the next free `<version>-n`.
         let xadd = |version: u64, accepted: bool, body: &[u8]| {
-            let mut xadd = sized("XADD", 4, history.len() + 30 + body.len());
-            xadd.arg(&history);
+            let mut xadd = keyed("XADD", &history, 3, 30 + body.len());
             match accepted {
                 true => xadd.write_arg_fmt(format_args!("{version}-0")),
                 false => xadd.write_arg_fmt(format_args!("{version}-*")),
@@ -537,27 +540,23 @@ impl<'a> Transaction<'a> {
             let event = &record.event;
             tx.add_command(xadd(event.version, event.reason.is_none(), &event.body))
                 .ignore();
-            let key = keys.record(resource, id);
-            let bytes = key.len() + 20 + event.body.len() + RECORD_OVERHEAD;
-            let mut setex = sized("SETEX", 3, bytes);
-            setex.arg(key).arg(self.store.retention_secs);
+            let bytes = 20 + event.body.len() + RECORD_OVERHEAD;
+            let mut setex = keyed("SETEX", &keys.record(resource, id), 2, bytes);
+            setex.arg(self.store.retention_secs);
             json_arg(&mut setex, record);
             tx.add_command(setex).ignore();
         }
         if !changes.applied.is_empty() {
+            let applied = &changes.applied;
+            let bytes = applied
+                .iter()
+                .map(|(id, a)| id.as_str().len() + 24 + a.hash.len())
+                .sum();
             let key = keys.applied(resource);
-            let n = changes.applied.len();
-            let bytes = key.len()
-                + changes
-                    .applied
-                    .iter()
-                    .map(|(id, a)| id.as_str().len() + 24 + a.hash.len())
-                    .sum::<usize>();
-            let mut hset = sized("HSET", 1 + 2 * n, bytes);
-            hset.arg(key);
-            for (id, applied) in &changes.applied {
+            let mut hset = keyed("HSET", &key, 2 * applied.len(), bytes);
+            for (id, a) in applied {
                 hset.arg(id.as_str());
-                hset.write_arg_fmt(format_args!("{}:{}", applied.version, applied.hash));
+                hset.write_arg_fmt(format_args!("{}:{}", a.version, a.hash));
             }
             tx.add_command(hset).ignore();
         }
@@ -658,8 +657,7 @@ fn queue_reads(pipe: &mut redis::Pipeline, keys: &Keys, resource: &ResourceId, r
         .arg(0)
         .arg("WITHSCORES");
     let hmget = |key: String, fields: &mut dyn ExactSizeIterator<Item = &str>| {
-        let mut cmd = sized("HMGET", 1 + fields.len(), key.len() + 24 * fields.len());
-        cmd.arg(key);
+        let mut cmd = keyed("HMGET", &key, fields.len(), 24 * fields.len());
         for field in fields {
             cmd.arg(field);
         }
