@@ -20,6 +20,7 @@ use super::resource::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// A delivered command: the parsed command and the hash of its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +29,9 @@ pub struct Submission {
     pub command: Command,
     /// SHA-256 of the canonical body (of the raw body for invalid commands),
     /// hex-encoded. Two deliveries with the same `command_id` are the same
-    /// command exactly when their hashes are equal.
-    pub body_hash: String,
+    /// command exactly when their hashes are equal. Shared: the command's
+    /// record and `applied` entry keep the same one.
+    pub body_hash: Arc<str>,
 }
 
 /// What is remembered of a decided command: the body that was decided and
@@ -37,7 +39,7 @@ pub struct Submission {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record<E> {
     /// The decided body's hash.
-    pub hash: String,
+    pub hash: Arc<str>,
     /// Its outcome, exactly as first published.
     pub event: E,
     /// Outcomes given to other bodies that reused the `command_id`.
@@ -49,7 +51,7 @@ pub struct Record<E> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conflict<E> {
     /// The reused body's hash.
-    pub hash: String,
+    pub hash: Arc<str>,
     /// Its outcome, exactly as first published.
     pub event: E,
 }
@@ -214,7 +216,7 @@ pub struct Applied {
     /// The aggregate version after the command.
     pub version: u64,
     /// The decided body's hash.
-    pub hash: String,
+    pub hash: Arc<str>,
 }
 
 impl<E> ChangeSet<E> {
@@ -251,20 +253,20 @@ pub struct Decision<E> {
 /// room. The flag says whether the record changed (and must be written).
 pub fn remembered<E: Clone>(
     record: &mut Record<E>,
-    hash: &str,
+    hash: &Arc<str>,
     conflict: impl FnOnce() -> E,
 ) -> (Outcome<E>, bool) {
-    if record.hash == hash {
+    if record.hash == *hash {
         return (Outcome::Replayed(record.event.clone()), false);
     }
-    if let Some(stored) = record.conflicts.iter().find(|c| c.hash == hash) {
+    if let Some(stored) = record.conflicts.iter().find(|c| c.hash == *hash) {
         return (Outcome::Conflict(stored.event.clone()), false);
     }
     let event = conflict();
     let room = record.conflicts.len() < MAX_STORED_CONFLICTS;
     if room {
         record.conflicts.push(Conflict {
-            hash: hash.to_owned(),
+            hash: hash.clone(),
             event: event.clone(),
         });
     }

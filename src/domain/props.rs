@@ -141,7 +141,7 @@ proptest! {
             .iter()
             .map(|s| Submission {
                 command: s.command.clone(),
-                body_hash: format!("{:?}", s.command.action),
+                body_hash: format!("{:?}", s.command.action).into(),
             })
             .collect();
         let snapshot = Snapshot {

@@ -114,7 +114,7 @@ fn decode_fields(body: &[u8], fields: &Fields) -> Result<Submission, Unreadable>
             resource_id,
             action,
         },
-        body_hash,
+        body_hash: body_hash.into(),
     })
 }
 

@@ -398,7 +398,7 @@ impl Store {
         let outcome = match record.as_mut() {
             Some(r) => {
                 let conflict = || seal(budget_conflict(current.as_ref(), command));
-                let (outcome, changed) = remembered(r, body_hash, conflict);
+                let (outcome, changed) = remembered(r, &body_hash.into(), conflict);
                 if !changed {
                     redis::cmd("UNWATCH").exec_async(&mut *conn).await?;
                     return Ok(Some(outcome));
@@ -432,7 +432,7 @@ impl Store {
                     .arg(&event.body)
                     .ignore();
                 let record = Record {
-                    hash: body_hash.to_string(),
+                    hash: body_hash.into(),
                     event: event.clone(),
                     conflicts: Vec::new(),
                 };
@@ -485,7 +485,7 @@ impl Store {
             .ok_or_else(|| corrupt(&key, format!("no entry {id} for an accepted command")))?;
         let event = OutgoingEvent::from_budget_body(body).map_err(|e| corrupt(&key, e))?;
         Ok(Record {
-            hash: hash.to_string(),
+            hash: hash.into(),
             event,
             conflicts: Vec::new(),
         })

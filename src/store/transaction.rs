@@ -618,7 +618,7 @@ fn parse_applied(entry: &str, key: &str) -> Result<Applied, StoreError> {
         .and_then(|(version, hash)| {
             Some(Applied {
                 version: version.parse().ok()?,
-                hash: hash.to_owned(),
+                hash: hash.into(),
             })
         })
         .ok_or_else(|| corrupt(key, format!("entry {entry:?} is not version:hash")))

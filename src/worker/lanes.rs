@@ -181,7 +181,10 @@ mod tests {
         group
             .into_iter()
             .map(|(r, batch)| {
-                let ids: Vec<String> = batch.into_iter().map(|(s, _)| s.body_hash).collect();
+                let ids: Vec<String> = batch
+                    .into_iter()
+                    .map(|(s, _)| s.body_hash.to_string())
+                    .collect();
                 format!("{r}: {}", ids.join(","))
             })
             .collect()

@@ -11,7 +11,10 @@ fn submit(command: Command) -> Submission {
     // The hash of a command is its debug form: equal commands, equal
     // hashes.
     let body_hash = format!("{:?}", command.action);
-    Submission { command, body_hash }
+    Submission {
+        command,
+        body_hash: body_hash.into(),
+    }
 }
 
 fn batch(commands: impl IntoIterator<Item = Command>) -> Vec<Submission> {

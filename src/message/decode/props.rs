@@ -24,7 +24,7 @@ const KNOWN: [&str; 8] = [
 fn check_accepted(body: &[u8], submission: &Submission) -> Result<(), TestCaseError> {
     let command = &submission.command;
     if let Action::Invalid { .. } = command.action {
-        prop_assert_eq!(&submission.body_hash, &sha256_hex(body));
+        prop_assert_eq!(&*submission.body_hash, sha256_hex(body));
         return Ok(());
     }
     let canonical =
@@ -268,7 +268,7 @@ proptest! {
             command.clone(),
             "{}", body
         );
-        prop_assert_eq!(d.body_hash, sha256_hex(&command.to_json()), "{}", body);
+        prop_assert_eq!(&*d.body_hash, sha256_hex(&command.to_json()), "{}", body);
     }
 
     #[test]
@@ -278,6 +278,6 @@ proptest! {
             CommandBody::from_parts(&d.command.command_id, &d.command.resource_id, &d.command.action),
             command.clone()
         );
-        prop_assert_eq!(d.body_hash, sha256_hex(&command.to_json()));
+        prop_assert_eq!(&*d.body_hash, sha256_hex(&command.to_json()));
     }
 }

@@ -340,7 +340,7 @@ fn an_oversized_body_with_readable_ids_is_invalid_and_hashed_raw() {
             detail: format!("body is {} bytes; at most 65536 are allowed", body.len()),
         }
     );
-    assert_eq!(d.body_hash, sha256_hex(body.as_bytes()));
+    assert_eq!(&*d.body_hash, sha256_hex(body.as_bytes()));
     // Exactly at the limit, it is a command like any other.
     let fits = reserve_with(&format!(
         r#","pad":"{}""#,
@@ -563,7 +563,7 @@ fn ids_may_hold_braces_colons_percent_signs_and_any_printable_unicode() {
         &d.command.resource_id,
         &d.command.action,
     );
-    assert_eq!(d.body_hash, sha256_hex(&canonical.to_json()));
+    assert_eq!(&*d.body_hash, sha256_hex(&canonical.to_json()));
 }
 
 #[test]
@@ -861,7 +861,7 @@ fn a_priced_define_round_trips_and_hashes_its_canonical_body() {
             &d.command.resource_id,
             &d.command.action,
         );
-        assert_eq!(d.body_hash, sha256_hex(&canonical.to_json()));
+        assert_eq!(&*d.body_hash, sha256_hex(&canonical.to_json()));
         assert_eq!(decode(&canonical.to_json()).unwrap(), d, "round trip");
     }
 }
