@@ -183,8 +183,7 @@ async fn allocations_per_command_stay_bounded() {
     store.delete_all().await.unwrap();
     println!("| workload | allocations/command | bytes allocated/command | bound |");
     println!("|---|---|---|---|");
-    for (name, (allocations, bytes), _) in &figures {
-        let bound = figures.iter().find(|f| f.0 == *name).unwrap().2;
+    for (name, (allocations, bytes), bound) in &figures {
         println!("| {name} | {allocations:.1} | {bytes:.0} | {bound} |");
     }
     for (name, (allocations, _), bound) in figures {
