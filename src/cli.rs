@@ -215,6 +215,17 @@ pub enum SendCommand {
     },
 }
 
+/// The runtime `cli` runs on: a worker replica's (`run`, and the bench's
+/// `null-worker`, so the limit it measures runs the same way) has
+/// `worker.threads` threads; the tools one per core.
+pub fn runtime(cli: &Cli, settings: &Settings) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = match cli.command {
+        CliCommand::Run { .. } | CliCommand::NullWorker { .. } => settings.worker.threads,
+        _ => 0,
+    };
+    startup::runtime(threads)
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
@@ -459,6 +470,28 @@ async fn inspect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_run_on_worker_threads_and_the_tools_on_a_thread_per_core() {
+        use tokio::runtime::RuntimeFlavor;
+        let mut settings = Settings::load(None).unwrap();
+        let flavor = |args: &[&str], settings: &Settings| {
+            let cli = Cli::parse_from(args);
+            runtime(&cli, settings).unwrap().handle().runtime_flavor()
+        };
+        assert_eq!(settings.worker.threads, 1, "the shipped default");
+        for replica in [&["rw", "run"][..], &["rw", "null-worker"]] {
+            assert_eq!(flavor(replica, &settings), RuntimeFlavor::CurrentThread);
+        }
+        for tool in [&["rw", "setup"][..], &["rw", "status"]] {
+            assert_eq!(flavor(tool, &settings), RuntimeFlavor::MultiThread);
+        }
+        settings.worker.threads = 0;
+        assert_eq!(
+            flavor(&["rw", "run"], &settings),
+            RuntimeFlavor::MultiThread
+        );
+    }
 
     #[test]
     fn cli_parses() {

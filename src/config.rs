@@ -165,6 +165,9 @@ pub struct WorkerSettings {
     pub sweep_interval_ms: u64,
     /// Most due holds taken from each due-index shard per sweep.
     pub sweep_batch: usize,
+    /// Threads that run a worker's tasks (`run`, and the bench's null
+    /// worker): 1 runs them all on one thread, 0 one per core.
+    pub threads: usize,
 }
 
 /// Log filter and format.

@@ -5,8 +5,7 @@ mod cli;
 use clap::Parser;
 use reservation_worker::{config::Settings, telemetry};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     let settings = match Settings::load(args.config.as_deref()) {
         Ok(settings) => settings,
@@ -16,7 +15,14 @@ async fn main() -> std::process::ExitCode {
         }
     };
     telemetry::init(&settings.log);
-    match cli::run(args, settings).await {
+    let runtime = match cli::runtime(&args, &settings) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(args, settings)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

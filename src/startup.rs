@@ -79,6 +79,26 @@ impl Application {
     }
 }
 
+/// The runtime a replica runs on, with `threads` threads for its tasks
+/// (`worker.threads`): 1 runs every task on the thread that starts it, 0
+/// one thread per core.
+///
+/// One thread is the default because a delivery's steps (consume, decide,
+/// publish, settle) are short tasks that wake one another: on several
+/// threads most wake-ups cross threads, and a parked thread is woken
+/// through the kernel each time. The AMQP client reads and writes its
+/// socket on a thread of its own either way.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if threads > 1 {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all().build()
+}
+
 /// The process-wide Prometheus recorder: installed by the first replica
 /// built in this process, shared by the later ones.
 fn recorder() -> anyhow::Result<PrometheusHandle> {
@@ -121,4 +141,39 @@ pub async fn setup(settings: &Settings) -> anyhow::Result<SetUp> {
         .await
         .with_context(|| format!("marking the store at {}", settings.redis.url))?;
     Ok(SetUp { store_initialised })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runtime;
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn one_thread_runs_every_task_on_the_thread_that_starts_the_runtime() {
+        let rt = runtime(1).unwrap();
+        assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        let here = std::thread::current().id();
+        let ran_on = rt.block_on(async {
+            let tasks: Vec<_> = (0..8)
+                .map(|_| tokio::spawn(async { std::thread::current().id() }))
+                .collect();
+            let mut ids = Vec::new();
+            for task in tasks {
+                ids.push(task.await.unwrap());
+            }
+            ids
+        });
+        assert!(ran_on.iter().all(|id| *id == here), "{ran_on:?}");
+    }
+
+    #[test]
+    fn more_threads_or_one_per_core_run_on_a_pool() {
+        let rt = runtime(3).unwrap();
+        assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(rt.metrics().num_workers(), 3);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let rt = runtime(0).unwrap();
+        assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(rt.metrics().num_workers(), cores);
+    }
 }

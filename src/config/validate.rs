@@ -120,6 +120,7 @@ pub fn problems(s: &Settings) -> Vec<Problem> {
     );
     p.range("worker.sweep_interval_ms", w.sweep_interval_ms, 10..=1000);
     p.range("worker.sweep_batch", w.sweep_batch as u64, 1..=100_000);
+    p.range("worker.threads", w.threads as u64, 0..=1024);
     if s.http.bind.parse::<std::net::IpAddr>().is_err() {
         p.fail(
             "http.bind",
@@ -324,6 +325,7 @@ mod tests {
                 "worker.sweep_interval_ms",
             ),
             (Box::new(|s| s.worker.sweep_batch = 0), "worker.sweep_batch"),
+            (Box::new(|s| s.worker.threads = 1025), "worker.threads"),
             (
                 Box::new(|s| s.http.bind = "localhost".into()),
                 "http.bind (RW_HTTP__BIND) must be an IP address",

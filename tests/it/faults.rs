@@ -166,6 +166,11 @@ impl Rig {
             proxy.set_latency(LATENCY);
             let mut s = app.settings.clone();
             s.amqp.url = proxy.url(&app.settings.amqp.url);
+            // The first replica runs its tasks on a thread per core, the
+            // others on one (the default): every fault meets both.
+            if i == 0 {
+                s.worker.threads = 0;
+            }
             per_worker(i, &mut s);
             workers.push(WorkerProcess::spawn(&s, &worker_name(&app, i)));
             proxies.push(proxy);
@@ -1053,7 +1058,8 @@ async fn publisher_confirms_belong_to_their_own_publish() {
     let lanes: Vec<_> = (0..8)
         .map(|lane| {
             let (publisher, proxy, early) = (publisher.clone(), proxy.clone(), early.clone());
-            // Lanes on different runtime threads, as the worker's are.
+            // Lanes on different runtime threads, as a worker's are with
+            // `worker.threads` above 1.
             tokio::spawn(async move {
                 for batch in 0..100 {
                     // A batch's publishes go out together, then each awaits
