@@ -106,12 +106,13 @@ async fn run_plan(base: &Settings, o: &BenchOptions) -> anyhow::Result<()> {
                 runs::throughput(base, o, &exe, workload, replicas, mode, partitions).await?;
             r.round = round;
             eprintln!(
-                "   {:.0} commands/s ({} in {:.2} s), replica CPU {:.0} us/command, Redis CPU {} us/command, {:.2} conflicts/commit, {:.1} commands/commit, mean commit {:.1} ms, mean publish+confirm {:.1} ms, mean receipt-to-ack {:.1} ms",
+                "   {:.0} commands/s ({} in {:.2} s), replica CPU {:.0} us/command, Redis CPU {} us/command, broker CPU {} us/command, {:.2} conflicts/commit, {:.1} commands/commit, mean commit {:.1} ms, mean publish+confirm {:.1} ms, mean receipt-to-ack {:.1} ms",
                 r.rate,
                 r.commands,
                 r.seconds,
                 r.replica_us_per_command(),
                 r.redis_us_per_command(),
+                r.broker_us_per_command(),
                 ratio(r.conflicts, r.commits),
                 ratio(r.commands as f64, r.commits),
                 r.mean_commit.as_secs_f64() * 1e3,

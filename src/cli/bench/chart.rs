@@ -275,6 +275,7 @@ mod tests {
             peak_rss_kib: vec![20_000],
             cpu_seconds: 0.05,
             redis_cpu_seconds: None,
+            broker_cpu_seconds: None,
             mean_commit: Duration::from_millis(1),
             mean_publish: Duration::from_millis(1),
             mean_process: Duration::from_millis(2),

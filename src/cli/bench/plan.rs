@@ -130,6 +130,10 @@ pub struct RunResult {
     pub cpu_seconds: f64,
     /// CPU time Redis used over the same span, in seconds, if it says.
     pub redis_cpu_seconds: Option<f64>,
+    /// CPU time the broker used over the same span, in seconds, when it
+    /// runs on this machine: serving the replicas and the bench's event
+    /// consumer.
+    pub broker_cpu_seconds: Option<f64>,
     /// Mean commit time and mean receipt-to-ack time inside the workers.
     pub mean_commit: Duration,
     pub mean_publish: Duration,
@@ -149,7 +153,17 @@ impl RunResult {
     /// Redis's CPU per command, in µs, as a table shows it: `-` when Redis
     /// did not say.
     pub fn redis_us_per_command(&self) -> String {
-        self.redis_cpu_seconds.map_or("-".to_string(), |s| {
+        self.us_per_command(self.redis_cpu_seconds)
+    }
+
+    /// The broker's CPU per command, in µs, as a table shows it: `-` when
+    /// it does not run on this machine.
+    pub fn broker_us_per_command(&self) -> String {
+        self.us_per_command(self.broker_cpu_seconds)
+    }
+
+    fn us_per_command(&self, seconds: Option<f64>) -> String {
+        seconds.map_or("-".to_string(), |s| {
             format!("{:.0}", 1e6 * ratio(s, self.commands as f64))
         })
     }

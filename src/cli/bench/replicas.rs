@@ -54,22 +54,13 @@ impl Replicas {
         Ok(Replicas { children })
     }
 
-    /// CPU time (user + system) the replicas have used so far, in seconds.
+    /// CPU time (user + system) the replicas have used so far, in seconds,
+    /// counted from each replica's start, so its start-up is included (a
+    /// few ms).
     pub(super) fn cpu_seconds(&self) -> f64 {
-        // utime and stime are fields 14 and 15 of /proc/PID/stat, counted
-        // after the parenthesised command name, in clock ticks: USER_HZ,
-        // which Linux fixes at 100 for this interface. Counted from the
-        // replica's start, so its start-up is included (a few ms).
         self.children
             .iter()
-            .filter_map(|(c, _)| {
-                let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok()?;
-                let after_name = stat.rsplit_once(')')?.1;
-                let fields: Vec<&str> = after_name.split_whitespace().collect();
-                let ticks =
-                    fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-                Some(ticks as f64 / 100.0)
-            })
+            .filter_map(|(c, _)| cpu_seconds_of(c.id()))
             .sum()
     }
 
@@ -119,6 +110,31 @@ impl Drop for Replicas {
             let _ = c.wait();
         }
     }
+}
+
+/// CPU time (user + system) process `pid` has used so far, in seconds.
+pub(super) fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    // utime and stime are fields 14 and 15 of /proc/PID/stat, counted after
+    // the parenthesised command name, in clock ticks: USER_HZ, which Linux
+    // fixes at 100 for this interface.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// The broker's process when it runs on this machine: the one Erlang VM
+/// (`beam.smp`) here. `None` with none, or with several (other nodes, which
+/// could not be told apart), so its CPU is never taken from the wrong one.
+pub(super) fn local_broker() -> Option<u32> {
+    let mut found = std::fs::read_dir("/proc").ok()?.filter_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim_end() == "beam.smp").then_some(pid)
+    });
+    let pid = found.next()?;
+    found.next().is_none().then_some(pid)
 }
 
 /// The null worker's command counter.

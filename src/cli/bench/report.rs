@@ -67,7 +67,7 @@ pub(super) async fn render(
     let _ = writeln!(md, "Machine: {}.\n", machine());
     let _ = writeln!(
         md,
-        "Each run preloads {} commands ({:.0} % duplicates) into a fresh quorum queue, then starts the replicas as separate processes (prefetch {}) and measures from the first outcome event to the last; broker, Redis, replicas and the bench share the machine. `null` consumes, publishes an outcome of the same size with a confirm and acks, with no Redis: the broker's limit. `group` is the worker with group commit (default), `naive` the same worker with one WATCH/MULTI transaction per command. The CPU columns are per command: the replicas' own (user + system), and Redis's as `INFO cpu` reports it over the same span (the null worker's is Redis idling); together, what a decision costs on top of the broker's work. `unfair` counts the accepted commands decided after a refused one published before them that asked for no more (`sold_out` on the same resource, or `customer_limit` for the same customer): first come, first served broken (README, \"Ordering\"); only `sellout` refuses any.\n",
+        "Each run preloads {} commands ({:.0} % duplicates) into a fresh quorum queue, then starts the replicas as separate processes (prefetch {}) and measures from the first outcome event to the last; broker, Redis, replicas and the bench share the machine. `null` consumes, publishes an outcome of the same size with a confirm and acks, with no Redis: the broker's limit. `group` is the worker with group commit (default), `naive` the same worker with one WATCH/MULTI transaction per command. The CPU columns are per command: the replicas' own (user + system), Redis's as `INFO cpu` reports it over the same span (the null worker's is Redis idling), and the broker's (its Erlang VM, when it runs on this machine) over the same span, serving the replicas and the bench's event consumer. Replica and Redis together are what a decision costs on top of the broker's work; the machine is CPU-bound, so what they add comes out of the broker's share. `unfair` counts the accepted commands decided after a refused one published before them that asked for no more (`sold_out` on the same resource, or `customer_limit` for the same customer): first come, first served broken (README, \"Ordering\"); only `sellout` refuses any.\n",
         o.commands,
         o.duplicates * 100.0,
         o.prefetch()
@@ -92,9 +92,12 @@ pub(super) async fn render(
     }
     let _ = writeln!(
         md,
-        "| workload | replicas | mode | commands/s | range | seconds | replica CPU (µs/command) | Redis CPU (µs/command) | conflicts/commit | commands/commit | per-replica share | unfair | peak RSS (MiB) |"
+        "| workload | replicas | mode | commands/s | range | seconds | replica CPU (µs/command) | Redis CPU (µs/command) | broker CPU (µs/command) | conflicts/commit | commands/commit | per-replica share | unfair | peak RSS (MiB) |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for runs in by_entry(results) {
         let r = runs[runs.len() / 2];
         let mut rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
@@ -122,7 +125,7 @@ pub(super) async fn render(
         let unfair = r.unfairness.map_or("-".to_string(), |u| u.describe());
         let _ = writeln!(
             md,
-            "| {:?} | {} | {} | {:.0} | {} | {:.2} | {:.0} | {} | {} | {} | {} | {} | {:.1} |",
+            "| {:?} | {} | {} | {:.0} | {} | {:.2} | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} |",
             r.workload,
             r.replicas,
             if r.partitions > 0 {
@@ -135,6 +138,7 @@ pub(super) async fn render(
             r.seconds,
             r.replica_us_per_command(),
             r.redis_us_per_command(),
+            r.broker_us_per_command(),
             conflicts,
             per_commit,
             shares.join(" / "),

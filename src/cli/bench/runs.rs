@@ -2,7 +2,7 @@
 //! with the commands published while the replicas consume.
 
 use super::plan::{BenchOptions, Latency, Mode, RunResult, Workload, mean};
-use super::replicas::NULL_COMMANDS;
+use super::replicas::{NULL_COMMANDS, cpu_seconds_of, local_broker};
 use super::rig::{Rig, progress, traffic};
 use crate::cli::fairness;
 use futures_util::StreamExt;
@@ -30,11 +30,18 @@ pub(super) async fn throughput(
     // should use it meanwhile; `None` if it cannot say).
     let store = reservation_worker::admin::Store::new(&base.redis).ok();
     let redis_cpu = async || store.as_ref()?.cpu_seconds().await.ok();
+    // The broker's too, when it runs here: its share of the machine.
+    let broker = local_broker();
+    let broker_cpu = || broker.and_then(cpu_seconds_of);
     let redis_before = redis_cpu().await;
+    let broker_before = broker_cpu();
     let workers = rig.replicas(o.exe_for(mode, exe), replicas, mode, o.prefetch())?;
     let waited = rig.wait_for_events(total, "outcomes").await;
     let redis_cpu_seconds = redis_before
         .zip(redis_cpu().await)
+        .map(|(before, after)| after - before);
+    let broker_cpu_seconds = broker_before
+        .zip(broker_cpu())
         .map(|(before, after)| after - before);
     let metrics = workers.scrape().await;
     let peak_rss_kib = workers.peak_rss();
@@ -82,6 +89,7 @@ pub(super) async fn throughput(
         peak_rss_kib,
         cpu_seconds,
         redis_cpu_seconds,
+        broker_cpu_seconds,
         mean_commit: mean(
             sum("reservation_commit_seconds_sum"),
             sum("reservation_commit_seconds_count"),
